@@ -1,0 +1,71 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, bottom to top (see README "Architecture"):
+//   OpsBusCore            pure event contract and rules, no I/O
+//   CMosquitto/CHiredis   system libraries (Debian libmosquitto-dev, libhiredis-dev)
+//   OpsBusMQTT/OpsBusRedis  thin wrappers that own the C pointers
+//   OpsBusPublisher/OpsBusProcessor  services
+//   opsbus                the command-line tool
+// OpsBusLocalServers starts real mosquitto/redis-server processes for the demo and the tests.
+let package = Package(
+    name: "opsbus",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "OpsBus", targets: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor"]),
+        .executable(name: "opsbus", targets: ["opsbus"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+    ],
+    targets: [
+        .systemLibrary(
+            name: "CMosquitto",
+            pkgConfig: "libmosquitto",
+            providers: [.apt(["libmosquitto-dev"])]
+        ),
+        // No pkgConfig: hiredis.pc carries -D_FILE_OFFSET_BITS=64, which SwiftPM rejects.
+        .systemLibrary(
+            name: "CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
+        .target(name: "OpsBusCore"),
+        .target(
+            name: "OpsBusMQTT",
+            dependencies: ["CMosquitto", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "OpsBusRedis",
+            dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "OpsBusPublisher",
+            dependencies: ["OpsBusCore", "OpsBusMQTT", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "OpsBusProcessor",
+            dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
+            name: "OpsBusLocalServers",
+            dependencies: [.product(name: "Logging", package: "swift-log")]
+        ),
+        .executableTarget(
+            name: "opsbus",
+            dependencies: [
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .testTarget(name: "OpsBusCoreTests", dependencies: ["OpsBusCore"]),
+        .testTarget(name: "OpsBusMQTTTests", dependencies: ["OpsBusMQTT", "CMosquitto", "OpsBusLocalServers"]),
+        .testTarget(name: "OpsBusRedisTests", dependencies: ["OpsBusRedis", "OpsBusLocalServers"]),
+        .testTarget(
+            name: "OpsBusIntegrationTests",
+            dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers"]
+        ),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,4 @@
+#ifndef OPSBUS_CHIREDIS_SHIM_H
+#define OPSBUS_CHIREDIS_SHIM_H
+#include <hiredis/hiredis.h>
+#endif

@@ -1,0 +1,3 @@
+import Testing
+
+@Test func placeholderOpsBusIntegrationTests() { #expect(Bool(true)) }
