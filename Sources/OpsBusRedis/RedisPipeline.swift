@@ -1,0 +1,107 @@
+/// A pipeline that can mix plain commands and script calls, built with `RedisConnection.makePipeline()`.
+///
+/// `execute()` returns one reply per appended entry, in order; error replies stay in their slot as `.error`.
+/// Scripts not yet loaded on this connection are `SCRIPT LOAD`ed at the head of the same write, so after a restart
+/// or on a fresh connection every slot runs in order. If a script still answers `NOSCRIPT` (someone ran
+/// `SCRIPT FLUSH` in between), it is loaded and only those slots are re-run, after the rest of the pipeline.
+/// That is safe (a NOSCRIPT reply means the script did not run) but changes their order relative to the other
+/// commands, so do not rely on ordering between a script slot and later slots beyond that.
+public struct RedisPipeline {
+    enum Entry {
+        case command([[UInt8]])
+        case evaluate(RedisScript, [[UInt8]])
+    }
+
+    private let connection: RedisConnection
+    private(set) var entries: [Entry] = []
+
+    public init(connection: RedisConnection) {
+        self.connection = connection
+    }
+
+    public var count: Int { entries.count }
+    public var isEmpty: Bool { entries.isEmpty }
+
+    public mutating func append(_ arguments: [String]) {
+        entries.append(.command(arguments.map { Array($0.utf8) }))
+    }
+
+    public mutating func append(_ arguments: [[UInt8]]) {
+        entries.append(.command(arguments))
+    }
+
+    public mutating func appendEvaluate(_ script: RedisScript, keys: [String], arguments: [String]) {
+        appendEvaluate(script, keys: keys.map { Array($0.utf8) }, arguments: arguments.map { Array($0.utf8) })
+    }
+
+    public mutating func appendEvaluate(_ script: RedisScript, keys: [[UInt8]], arguments: [[UInt8]]) {
+        entries.append(.evaluate(script, RedisConnection.evalshaArguments(script, keys: keys, arguments: arguments)))
+    }
+
+    /// Runs the pipeline. Throws only for connection failures (I/O, timeout: some slots may have run) and for
+    /// refused commands; error replies, including script errors, are returned in their slots.
+    public func execute() throws(RedisError) -> [RedisReply] {
+        guard !entries.isEmpty else { return [] }
+
+        // Scripts this connection has not loaded yet: SCRIPT LOAD them first, in the same round trip.
+        var preload: [RedisScript] = []
+        for case let .evaluate(script, _) in entries where !connection.isLoaded(script) && !preload.contains(script) {
+            preload.append(script)
+        }
+        let loadCommands = preload.map { [Array("SCRIPT".utf8), Array("LOAD".utf8), Array($0.source.utf8)] }
+        let wire = loadCommands + entries.map { entry -> [[UInt8]] in
+            switch entry {
+            case let .command(arguments): return arguments
+            case let .evaluate(_, arguments): return arguments
+            }
+        }
+        let allReplies = try connection.pipeline(wire)
+        var loadErrors: [String: RedisReply] = [:]
+        for (script, reply) in zip(preload, allReplies) {
+            do {
+                try connection.checkLoaded(script, reply: reply)
+            } catch {
+                loadErrors[script.sha] = .error("could not load \(script.name): \(error)")
+            }
+        }
+        var replies = Array(allReplies.dropFirst(preload.count))
+
+        // Slots whose script is missing: substitute the load error, or collect for one retry.
+        var retrySlots: [Int] = []
+        for (index, entry) in entries.enumerated() {
+            guard case let .evaluate(script, _) = entry, replies[index].errorCode == "NOSCRIPT" else { continue }
+            if let loadError = loadErrors[script.sha] {
+                replies[index] = loadError
+            } else {
+                retrySlots.append(index)
+            }
+        }
+        guard !retrySlots.isEmpty else { return replies }
+
+        var reloaded: Set<String> = []
+        var failedLoads: [String: RedisReply] = [:]
+        var rerun: [(slot: Int, arguments: [[UInt8]])] = []
+        for slot in retrySlots {
+            guard case let .evaluate(script, arguments) = entries[slot] else { continue }
+            if let failure = failedLoads[script.sha] {
+                replies[slot] = failure
+                continue
+            }
+            if !reloaded.contains(script.sha) {
+                do {
+                    try connection.load(script)
+                } catch let error where !error.isConnectionFailure {
+                    let failure = RedisReply.error("could not load \(script.name): \(error)")
+                    failedLoads[script.sha] = failure
+                    replies[slot] = failure
+                    continue
+                }
+                reloaded.insert(script.sha)
+            }
+            rerun.append((slot, arguments))
+        }
+        let rerunReplies = try connection.pipeline(rerun.map(\.arguments))
+        for (entry, reply) in zip(rerun, rerunReplies) { replies[entry.slot] = reply }
+        return replies
+    }
+}

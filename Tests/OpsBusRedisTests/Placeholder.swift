@@ -1,3 +1,0 @@
-import Testing
-
-@Test func placeholderOpsBusRedisTests() { #expect(Bool(true)) }
