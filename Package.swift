@@ -6,7 +6,7 @@ import PackageDescription
 //   CMosquitto/CHiredis   system libraries (Debian libmosquitto-dev, libhiredis-dev)
 //   OpsBusMQTT/OpsBusRedis  thin wrappers that own the C pointers
 //   OpsBusPublisher/OpsBusProcessor  services
-//   opsbus                the command-line tool
+//   OpsBusCLI/opsbus      the command-line tool
 // OpsBusLocalServers starts real mosquitto/redis-server processes for the demo and the tests.
 let package = Package(
     name: "opsbus",
@@ -51,20 +51,25 @@ let package = Package(
             name: "OpsBusLocalServers",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
-        .executableTarget(
-            name: "opsbus",
+        // The commands live in a library so tests can run them; the executable only calls `OpsBusCommand.main()`.
+        .target(
+            name: "OpsBusCLI",
             dependencies: [
                 "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        .executableTarget(name: "opsbus", dependencies: ["OpsBusCLI"]),
         .testTarget(name: "OpsBusCoreTests", dependencies: ["OpsBusCore"]),
         .testTarget(name: "OpsBusMQTTTests", dependencies: ["OpsBusMQTT", "CMosquitto", "OpsBusLocalServers"]),
         .testTarget(name: "OpsBusRedisTests", dependencies: ["OpsBusRedis", "OpsBusLocalServers"]),
         .testTarget(
             name: "OpsBusIntegrationTests",
-            dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers"]
+            dependencies: [
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers",
+                "OpsBusCLI",
+            ]
         ),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,60 @@
+import ArgumentParser
+import Foundation
+import Logging
+
+/// `opsbus`: run the services, publish and watch events, inspect jobs, and run the demo.
+public struct OpsBusCommand: AsyncParsableCommand {
+    public static let configuration = CommandConfiguration(
+        commandName: "opsbus",
+        abstract: "An operational event bus: job and worker events over MQTT, turned into Redis state.",
+        discussion: """
+            Connection settings come from flags or the environment: MQTT_URL (mqtt://user:pass@host:1883, \
+            mqtts:// for TLS) and REDIS_URL (redis://user:pass@host:6379/0). The publisher context comes from \
+            MACHINE_ID, WORKER_ID, SERVICE_TYPE and CONNECTOR_ID. Log level: --log-level or OPSBUS_LOG_LEVEL \
+            (trace, debug, info, notice, warning, error, critical; default notice, logs go to stderr).
+
+            Start with `opsbus demo`: it starts its own mosquitto and redis-server and shows everything working.
+            Topics, QoS and payloads: topics.md.
+            """,
+        subcommands: [
+            PublishCommand.self, TailCommand.self, ProcessorCommand.self, JobCommand.self, DemoCommand.self,
+            SimulateCommand.self,
+        ]
+    )
+
+    public init() {}
+}
+
+/// Options every subcommand has.
+struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: "Log level (trace … critical). Default: $OPSBUS_LOG_LEVEL or notice.")
+    var logLevel: String?
+
+    @Flag(name: .long, help: "Log as JSON lines instead of text.")
+    var logJSON = false
+
+    /// Sets up swift-log once for the process; returns the logger for `label`.
+    func makeLogger(_ label: String) throws -> Logger {
+        let name = logLevel ?? ProcessInfo.processInfo.environment["OPSBUS_LOG_LEVEL"] ?? "notice"
+        guard let level = Logger.Level(rawValue: name.lowercased()) else {
+            throw ValidationError(
+                "invalid log level '\(name)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+        LoggingBootstrap.once(json: logJSON)
+        var logger = Logger(label: label)
+        logger.logLevel = level
+        return logger
+    }
+}
+
+/// swift-log may be bootstrapped only once per process.
+enum LoggingBootstrap {
+    private static let done = LockedFlag()
+
+    static func once(json: Bool) {
+        guard done.setOnce() else { return }
+        LoggingSystem.bootstrap { label in
+            json ? JSONLogHandler(label: label) as LogHandler : StreamLogHandler.standardError(label: label)
+        }
+    }
+}

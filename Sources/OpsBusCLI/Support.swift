@@ -1,0 +1,109 @@
+import ArgumentParser
+import Foundation
+import Logging
+import OpsBusCore
+import OpsBusMQTT
+import OpsBusRedis
+import Synchronization
+
+/// A flag that can be set once, from any thread.
+final class LockedFlag: Sendable {
+    private let value = Mutex(false)
+    /// True for the first caller only.
+    func setOnce() -> Bool { value.withLock { was in defer { was = true }; return !was } }
+}
+
+/// Where the broker and Redis are: flags first, then `MQTT_URL`/`REDIS_URL`, then the local defaults.
+struct ConnectionOptions: ParsableArguments {
+    @Option(name: .long, help: "Broker URL, mqtt://[user[:pass]@]host[:port] or mqtts://… (default: $MQTT_URL or mqtt://127.0.0.1:1883).")
+    var mqttURL: String?
+
+    @Option(name: .long, help: "Redis URL, redis://[[user]:pass@]host[:port][/db] (default: $REDIS_URL or redis://127.0.0.1:6379).")
+    var redisURL: String?
+
+    @Option(name: .long, help: "Topic prefix (namespace) for a shared broker (default: $OPSBUS_TOPIC_PREFIX, none).")
+    var topicPrefix: String?
+
+    var environment: [String: String] { ProcessInfo.processInfo.environment }
+
+    func mqttEndpoint() throws -> MQTTEndpoint {
+        let url = mqttURL ?? environment["MQTT_URL"] ?? "mqtt://127.0.0.1:1883"
+        do {
+            return try MQTTEndpoint(url: url)
+        } catch {
+            throw ValidationError("MQTT_URL / --mqtt-url: \(error)")
+        }
+    }
+
+    func redisEndpoint() throws -> RedisEndpoint {
+        let url = redisURL ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
+        do {
+            return try RedisEndpoint(url: url)
+        } catch {
+            throw ValidationError("REDIS_URL / --redis-url: \(error)")
+        }
+    }
+
+    func topicScheme() throws -> TopicScheme {
+        let prefix = topicPrefix ?? environment["OPSBUS_TOPIC_PREFIX"]
+        do {
+            return try TopicScheme(prefix: prefix?.isEmpty == true ? nil : prefix)
+        } catch {
+            throw ValidationError("OPSBUS_TOPIC_PREFIX / --topic-prefix: \(error)")
+        }
+    }
+}
+
+/// A log handler that writes one JSON object per line to stderr, for log shippers.
+struct JSONLogHandler: LogHandler {
+    let label: String
+    var logLevel: Logger.Level = .info
+    var metadata: Logger.Metadata = [:]
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { metadata[key] }
+        set { metadata[key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        var object: JSONObject = [
+            "time": .string(EventTimestamp.now().iso8601), "level": .string(event.level.rawValue),
+            "logger": .string(label), "message": .string("\(event.message)"),
+        ]
+        for (key, value) in self.metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
+            object[key] = .string("\(value)")
+        }
+        FileHandle.standardError.write(Data((JSONValue.object(object).serialized() + "\n").utf8))
+    }
+}
+
+/// Cancels `task` on SIGINT/SIGTERM, so commands shut down cleanly (stop taking messages, disconnect, stop servers).
+final class SignalCanceller: Sendable {
+    private let sources: Mutex<[DispatchSourceSignal]> = Mutex([])
+
+    init(onSignal: @escaping @Sendable (Int32) -> Void) {
+        var created: [DispatchSourceSignal] = []
+        for signalNumber in [SIGINT, SIGTERM] {
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler { onSignal(signalNumber) }
+            source.resume()
+            created.append(source)
+        }
+        sources.withLock { $0 = created }
+    }
+
+    func cancel() {
+        sources.withLock { list in
+            list.forEach { $0.cancel() }
+            list.removeAll()
+        }
+        signal(SIGINT, SIG_DFL)
+        signal(SIGTERM, SIG_DFL)
+    }
+}
+
+/// Writes a line to standard output (CLI results, never diagnostics).
+func output(_ line: String) {
+    FileHandle.standardOutput.write(Data((line + "\n").utf8))
+}

@@ -1,0 +1,102 @@
+import Foundation
+import Logging
+import OpsBusCore
+import OpsBusRedis
+
+/// Validates one MQTT message and applies it to Redis; owns the processor's Redis connection.
+///
+/// A hiredis context is not thread-safe, so exactly one thread uses this at a time (`EventProcessor` keeps it in a
+/// mutex and calls it from the MQTT network thread).
+final class EventApplier {
+    private let configuration: ProcessorConfiguration
+    private let logger: Logger
+    private var redis: RedisConnection?
+    private var keys: RedisKeys { configuration.keys }
+
+    init(configuration: ProcessorConfiguration, logger: Logger) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Connects at start so a wrong `REDIS_URL` fails loudly instead of on the first event.
+    func connect() throws(ProcessorError) {
+        do {
+            redis = try RedisConnection(endpoint: configuration.redis, logger: logger)
+        } catch {
+            throw .redis(error)
+        }
+    }
+
+    func apply(topic: String, payload: [UInt8]) -> ApplyResult {
+        let plan: RedisPlan
+        switch validate(topic: topic, payload: payload) {
+        case .success(let (envelope, subject)):
+            plan = RedisPlan(envelope: envelope, subject: subject, topic: topic, payload: payload,
+                             configuration: configuration)
+        case .failure(let reason):
+            plan = RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys)
+        }
+        return execute(plan)
+    }
+
+    /// Parses and checks a message; the failure string is the dead-letter reason.
+    private func validate(topic: String, payload: [UInt8]) -> Result<(EventEnvelope, Identifier), RejectionReason> {
+        if payload.count > configuration.maxPayloadBytes {
+            return .failure(RejectionReason("oversize: \(payload.count) bytes > limit \(configuration.maxPayloadBytes)"))
+        }
+        let envelope: EventEnvelope
+        do {
+            envelope = try EventEnvelope.decode(payload, maxBytes: configuration.maxPayloadBytes)
+        } catch {
+            return .failure(RejectionReason("invalid event: \(error)"))
+        }
+        do {
+            let parsed = try configuration.scheme.check(topic: topic, matches: envelope)
+            return .success((envelope, parsed.subject))
+        } catch {
+            return .failure(RejectionReason("\(error)"))
+        }
+    }
+
+    /// Runs the plan, riding out a Redis outage for up to `redisRetryWindow` seconds.
+    private func execute(_ plan: RedisPlan) -> ApplyResult {
+        let deadline = Date().addingTimeInterval(configuration.redisRetryWindow)
+        var failures = 0
+        while true {
+            do throws(RedisError) {
+                let connection = try connection()
+                return try plan.run(on: connection)
+            } catch let error {
+                switch error {
+                case .server(let message, let command):
+                    // Redis refused the write itself (e.g. a key of the wrong type): retrying cannot help, and the
+                    // message must not block the ones behind it. Keep it as a dead letter with the reason.
+                    let reason = "Redis rejected \(command): \(message)"
+                    if plan.isDeadLetter { return .deadLettered(reason: plan.reason ?? reason) }
+                    return execute(RedisPlan(deadLetter: RejectionReason(reason), topic: plan.topic,
+                                             payload: plan.payload, keys: keys))
+                default:
+                    failures += 1
+                    redis?.close()
+                    redis = nil
+                    if Date() >= deadline { return .retryLater(reason: "\(error)") }
+                    let delay = min(2.0, 0.05 * pow(2, Double(min(failures, 10)))) * Double.random(in: 0.8...1.2)
+                    logger.warning("Redis write failed; retrying", metadata: ["error": "\(error)", "delay": "\(delay)"])
+                    Thread.sleep(forTimeInterval: delay)
+                }
+            }
+        }
+    }
+
+    private func connection() throws(RedisError) -> RedisConnection {
+        if let redis, !redis.isBroken { return redis }
+        let fresh = try RedisConnection(endpoint: configuration.redis, logger: logger)
+        redis = fresh
+        return fresh
+    }
+}
+
+struct RejectionReason: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

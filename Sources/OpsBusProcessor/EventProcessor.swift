@@ -1,0 +1,124 @@
+import Foundation
+import Logging
+import OpsBusCore
+import OpsBusMQTT
+import OpsBusRedis
+import Synchronization
+
+/// `opsbus processor`: turns events from MQTT into Redis state.
+///
+/// Delivery design (libmosquitto facts, see README "Delivery guarantees"): the processor subscribes at QoS 1 with a
+/// persistent session and applies each message to Redis **synchronously inside the message handler**, on the MQTT
+/// network thread. libmosquitto sends the PUBACK only after the handler returns, so a `kill -9` before the Redis
+/// write completed leaves the message unacknowledged and the broker redelivers it. QoS 1 means duplicates; the Lua
+/// scripts drop them by event id and only move state forward, so redelivery and reordering are harmless.
+/// When Redis is unreachable the handler retries with backoff for `redisRetryWindow`, then rejects the message
+/// (the connection is dropped before the PUBACK leaves), and the broker redelivers it after the reconnect.
+public final class EventProcessor: Sendable {
+    public let configuration: ProcessorConfiguration
+    private let logger: Logger
+    private let client: MQTTClient
+    private let applier: Mutex<EventApplier>
+    private let counters = Mutex(ProcessorCounters())
+
+    public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
+        throws(ProcessorError)
+    {
+        self.configuration = configuration
+        self.logger = logger
+        var mqtt = MQTTClientConfiguration(endpoint: configuration.mqtt, clientID: configuration.clientID)
+        mqtt.cleanSession = false
+        mqtt.keepAlive = configuration.keepAlive
+        if configuration.group != nil {
+            mqtt.protocolVersion = .v5
+            mqtt.sessionExpiryInterval = 7 * 86_400
+        }
+        do {
+            client = try MQTTClient(configuration: mqtt, logger: logger)
+        } catch {
+            throw .mqtt(error)
+        }
+        applier = Mutex(EventApplier(configuration: configuration, logger: logger))
+    }
+
+    /// Counters since start (received, applied, duplicates, dead letters …).
+    public var counters: ProcessorCounters { counters.withLock { $0 } }
+
+    /// Connects to Redis and the broker, subscribes, and processes events until the task is cancelled; then stops
+    /// taking messages (the one being applied finishes first) and disconnects.
+    public func run() async throws(ProcessorError) {
+        try applier.withLock { applier throws(ProcessorError) in try applier.connect() }
+        client.setMessageHandler { [self] message in handle(message) }
+        do {
+            try await client.connect(waitForBroker: true)
+            _ = try await client.subscribe(configuration.subscriptionFilters, qos: .atLeastOnce)
+        } catch {
+            await client.disconnect()
+            throw .mqtt(error)
+        }
+        logger.info(
+            "processor running",
+            metadata: ["filters": "\(configuration.subscriptionFilters)", "client_id": "\(configuration.clientID)"])
+        while !Task.isCancelled {
+            try? await Task.sleep(for: .milliseconds(200))
+        }
+        await client.disconnect()
+        logger.info("processor stopped", metadata: ["applied": "\(counters.applied)"])
+    }
+
+    /// Handles one message on the MQTT network thread; returning `.accept` lets libmosquitto acknowledge it.
+    func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
+        let result = applier.withLock { $0.apply(topic: message.topic, payload: message.payload) }
+        counters.withLock { $0.record(result) }
+        switch result {
+        case .retryLater(let reason):
+            logger.warning("Redis unavailable; message handed back for redelivery", metadata: ["reason": "\(reason)"])
+            return .reject
+        default:
+            return .accept
+        }
+    }
+}
+
+/// What happened to one message.
+public enum ApplyResult: Sendable, Equatable {
+    /// State changed (or fields filled, or an ordering rule kept the state: the event is recorded either way).
+    case applied(outcome: String)
+    /// Same `event_id` seen before: nothing changed.
+    case duplicate
+    /// Refused input, stored in the dead-letter stream with the reason.
+    case deadLettered(reason: String)
+    /// Redis could not be reached within the retry window; the message must be redelivered.
+    case retryLater(reason: String)
+}
+
+/// Counters of one processor since start.
+public struct ProcessorCounters: Sendable, Equatable {
+    public var received = 0
+    public var applied = 0
+    public var duplicates = 0
+    public var deadLettered = 0
+    public var redelivered = 0
+
+    mutating func record(_ result: ApplyResult) {
+        received += 1
+        switch result {
+        case .applied: applied += 1
+        case .duplicate: duplicates += 1
+        case .deadLettered: deadLettered += 1
+        case .retryLater: redelivered += 1
+        }
+    }
+}
+
+public enum ProcessorError: Error, CustomStringConvertible, Sendable {
+    case mqtt(MQTTError)
+    case redis(RedisError)
+
+    public var description: String {
+        switch self {
+        case .mqtt(let error): return "MQTT: \(error)"
+        case .redis(let error): return "Redis: \(error)"
+        }
+    }
+}

@@ -1,0 +1,49 @@
+import OpsBusCore
+import OpsBusMQTT
+import OpsBusRedis
+
+/// Settings of `opsbus processor`. Every field has a flag and an environment variable (see `opsbus processor --help`).
+public struct ProcessorConfiguration: Sendable {
+    public var mqtt: MQTTEndpoint
+    public var redis: RedisEndpoint
+    public var scheme: TopicScheme
+    public var keys: RedisKeys
+    /// Fixed MQTT client id with a persistent session, so the broker queues events while the processor is down.
+    public var clientID: String
+    /// MQTT 5 shared-subscription group (`$share/<group>/…`): instances in one group split the events between them.
+    public var group: String?
+    /// Payloads above this size are dead-lettered without being parsed.
+    public var maxPayloadBytes: Int
+    /// Events kept per job for `opsbus job <id>`.
+    public var timelineLimit: Int
+    /// How long the ids of applied events are remembered per job or entity to drop duplicates (seconds).
+    public var dedupWindowSeconds: Int
+    /// How long one message may wait for Redis (retrying with backoff) before it is handed back to the broker
+    /// for redelivery.
+    public var redisRetryWindow: Double
+    public var keepAlive: Int
+
+    public init(
+        mqtt: MQTTEndpoint, redis: RedisEndpoint, scheme: TopicScheme = TopicScheme(), keys: RedisKeys = RedisKeys(),
+        clientID: String = "opsbus-processor", group: String? = nil, maxPayloadBytes: Int = 262_144,
+        timelineLimit: Int = 200, dedupWindowSeconds: Int = 7 * 86_400, redisRetryWindow: Double = 20,
+        keepAlive: Int = 30
+    ) {
+        self.mqtt = mqtt
+        self.redis = redis
+        self.scheme = scheme
+        self.keys = keys
+        self.clientID = clientID
+        self.group = group
+        self.maxPayloadBytes = maxPayloadBytes
+        self.timelineLimit = timelineLimit
+        self.dedupWindowSeconds = dedupWindowSeconds
+        self.redisRetryWindow = redisRetryWindow
+        self.keepAlive = keepAlive
+    }
+
+    /// The MQTT filters the processor subscribes to, with the group prefix when it has one.
+    public var subscriptionFilters: [String] {
+        scheme.subscriptionFilters().map { filter in group.map { "$share/\($0)/\(filter)" } ?? filter }
+    }
+}

@@ -1,0 +1,34 @@
+/// The processor's Redis key layout, in one place (documented in the README, "Redis key layout").
+///
+/// Keys of one job share the hash tag `{<job_id>}` so that a Redis Cluster keeps them in one slot.
+public struct RedisKeys: Sendable {
+    /// Prepended to every key, for several opsbus deployments on one Redis.
+    public let prefix: String
+
+    public init(prefix: String = "") { self.prefix = prefix }
+
+    /// Hash with the job's state (`status`, `attempt`, `progress`, `worker_id`, timestamps, metrics, errors).
+    public func job(_ id: String) -> String { "\(prefix)job:{\(id)}" }
+    /// List of the job's events (JSON, oldest first), trimmed to the newest `timelineLimit`.
+    public func jobTimeline(_ id: String) -> String { "\(prefix)job:{\(id)}:timeline" }
+    /// Set of event ids already applied to the job: makes redelivered duplicates no-ops.
+    public func jobSeen(_ id: String) -> String { "\(prefix)job:{\(id)}:seen" }
+    /// Set of job ids whose current status is `status` ("all failed jobs" without SCAN).
+    public func jobsByStatus(_ status: String) -> String { "\(prefix)jobs:status:\(status)" }
+    /// Set of job ids a worker has run.
+    public func jobsByWorker(_ workerID: String) -> String { "\(prefix)jobs:worker:\(workerID)" }
+    /// Hash with a worker's registry entry (`status`, `last_seen`, `current_job`, `machine_id` …).
+    public func worker(_ id: String) -> String { "\(prefix)worker:{\(id)}" }
+    /// Set of every worker id ever seen.
+    public var workers: String { "\(prefix)workers" }
+    /// Hash with the current state of a queue, service or model (`kind` is `queue`, `service`, `model`).
+    public func entity(_ kind: String, _ id: String) -> String { "\(prefix)\(kind):{\(id)}" }
+    /// Set of event ids already applied to a non-job entity.
+    public func entitySeen(_ kind: String, _ id: String) -> String { "\(prefix)\(kind):{\(id)}:seen" }
+    /// Sorted set of ids of one kind (`queues`, `services`, `models`), scored by last update time.
+    public func entityIndex(_ kind: String) -> String { "\(prefix)\(kind)s" }
+    /// Hash of counters: events received, applied, duplicates, dead-lettered, per type and reason.
+    public var stats: String { "\(prefix)opsbus:stats" }
+    /// Stream of rejected messages with topic, payload (truncated), reason and time.
+    public var deadLetters: String { "\(prefix)opsbus:deadletter" }
+}
