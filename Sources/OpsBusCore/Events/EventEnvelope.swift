@@ -203,8 +203,9 @@ public struct EventEnvelope: Sendable, Hashable {
     public static func decode(object: JSONObject) throws(EnvelopeError) -> EventEnvelope {
         var rest = object
         func take(_ key: String) -> JSONValue? {
-            guard let value = rest.removeValue(forKey: key) else { return nil }
-            return value.isNull ? nil : value
+            // `null` counts as absent. (Spelled out: `cond ? nil : value` would type `nil` as JSONValue.null.)
+            guard let value = rest.removeValue(forKey: key), !value.isNull else { return nil }
+            return value
         }
         func requiredString(_ key: String) throws(EnvelopeError) -> String {
             guard let value = take(key) else { throw .missingEnvelopeField(key) }
