@@ -1,0 +1,913 @@
+import CMosquitto
+import Dispatch
+import Foundation
+import Logging
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The engine behind `MQTTClient`: owns the libmosquitto handle, the bookkeeping of pending operations, and the
+/// network thread.
+///
+/// ## Why our own network thread (and not `mosquitto_loop_start`)
+/// * `mosquitto_threaded_set(true)` + our own `mosquitto_loop(mosq, 100, 1)` calls keep the property we rely on for
+///   "ack after processing": with `threaded` set, libmosquitto queues every outgoing packet (PUBACK included) instead
+///   of writing it from inside a callback (`packet__queue`), and the queue is written by the next `mosquitto_loop`
+///   iteration, i.e. after `on_message` returned. A handler can therefore refuse a QoS 1 message by shutting the socket
+///   down before returning: the PUBACK never leaves and the broker redelivers after the reconnect.
+/// * Owning the loop lets us reconnect with capped exponential backoff plus jitter (libmosquitto's built-in backoff is
+///   quadratic, without jitter) and bound each attempt: we use the non-blocking `mosquitto_connect_async` /
+///   `mosquitto_reconnect_async`, which `mosquitto_loop` drives (select for writability, then CONNECT, CONNACK), and
+///   give up an attempt after `connectTimeout`. `mosquitto_loop` also runs the keepalive check (`loop_misc`).
+/// * It avoids the `connect_async`-before-`loop_start` trap (a refused first connect leaves libmosquitto's thread
+///   spinning forever) and `loop_stop` hangs.
+/// Exception: MQTT v5 with a session expiry must send a CONNECT property, which 2.0.11 only supports in the blocking
+/// `mosquitto_connect_bind_v5`; those attempts block the network thread for the TCP handshake (up to the kernel's
+/// SYN retry limit, ~2 min, if the network silently drops packets).
+///
+/// ## Locking
+/// `state` is the only mutable state. Lock order is always `state` → libmosquitto's internal mutexes: publish and
+/// subscribe call libmosquitto while holding `state` (so an acknowledgement that races the registration of its
+/// message id cannot be lost), and libmosquitto calls our callbacks holding only its `callback_mutex`, which no
+/// libmosquitto function that we call with `state` held takes. Continuations are resumed under the lock (cheap, never
+/// re-entrant); user code (the message handler) is never called with the lock held.
+final class MQTTClientCore: Sendable {
+    typealias VoidContinuation = CheckedContinuation<Result<Void, MQTTError>, Never>
+    typealias GrantContinuation = CheckedContinuation<Result<[Int32], MQTTError>, Never>
+
+    enum Lifecycle: Equatable {
+        /// No network thread (before `connect()`, or after a `connect()` that gave up).
+        case idle
+        case running(generation: Int)
+        /// After `disconnect()`: terminal.
+        case stopped
+    }
+
+    struct PendingPublish {
+        /// nil once the caller stopped waiting (timeout or cancellation): the entry keeps its slot until
+        /// libmosquitto reports the acknowledgement, because the message is still queued there.
+        var continuation: VoidContinuation?
+        let topic: String
+        let token: UInt64
+        var timer: Task<Void, Never>?
+    }
+
+    struct PendingRequest {
+        var continuation: GrantContinuation?
+        let token: UInt64
+        let filters: [String]
+        /// nil for UNSUBSCRIBE.
+        let qos: MQTTQoS?
+        var timer: Task<Void, Never>?
+    }
+
+    struct ConnectWaiter {
+        let continuation: VoidContinuation
+        /// nil: wait for the broker as long as it takes.
+        let deadline: ContinuousClock.Instant?
+    }
+
+    struct State {
+        var lifecycle: Lifecycle = .idle
+        var generation = 0
+        var stopRequested = false
+        var stopWaiters: [CheckedContinuation<Void, Never>] = []
+        var connected = false
+        var everConnected = false
+        /// Set by on_connect for the current attempt: the CONNACK code and the session-present flag.
+        var connack: (code: Int, sessionPresent: Bool)?
+        var connectWaiters: [UInt64: ConnectWaiter] = [:]
+        var publishes: [Int32: PendingPublish] = [:]
+        /// Slots of `maxOutstandingPublishes` in use (entries in `publishes` plus slots handed to a waiter).
+        var outstanding = 0
+        var slotWaiters: [(token: UInt64, continuation: VoidContinuation)] = []
+        var requests: [Int32: PendingRequest] = [:]
+        /// Granted subscriptions, re-subscribed after a reconnect without session.
+        var subscriptions: [String: MQTTQoS] = [:]
+        var handler: (@Sendable (MQTTMessage) -> MQTTMessageDisposition)?
+        var nextToken: UInt64 = 1
+        /// Whether `mosquitto_connect_async` ran once (it sets host/port/keepalive; later attempts reconnect).
+        var hostConfigured = false
+
+        mutating func token() -> UInt64 {
+            defer { nextToken += 1 }
+            return nextToken
+        }
+    }
+
+    let configuration: MQTTClientConfiguration
+    let logger: Logger
+    let handle: MosquittoHandle
+    let state = Mutex(State())
+    let wakeup = DispatchSemaphore(value: 0)
+    let messageStream: AsyncStream<MQTTMessage>
+    let messageContinuation: AsyncStream<MQTTMessage>.Continuation
+    let eventStream: AsyncStream<MQTTConnectionEvent>
+    let eventContinuation: AsyncStream<MQTTConnectionEvent>.Continuation
+    /// "client 'id' at host:port", for error messages.
+    let context: String
+
+    init(configuration: MQTTClientConfiguration, logger: Logger) throws(MQTTError) {
+        try configuration.validate()
+        self.configuration = configuration
+        var logger = logger
+        logger[metadataKey: "mqtt.client"] = "\(configuration.clientID)"
+        logger[metadataKey: "mqtt.broker"] = "\(configuration.endpoint)"
+        self.logger = logger
+        context = "client '\(configuration.clientID)' at "
+            + MQTTEndpoint.hostPort(configuration.endpoint.host, configuration.endpoint.port)
+        guard let handle = MosquittoHandle(clientID: configuration.clientID, cleanSession: configuration.cleanSession)
+        else {
+            throw .library(code: MOSQ_ERR_NOMEM.rawValue, operation: "mosquitto_new", context: context)
+        }
+        self.handle = handle
+        (messageStream, messageContinuation) = AsyncStream.makeStream(of: MQTTMessage.self, bufferingPolicy: .unbounded)
+        (eventStream, eventContinuation) = AsyncStream.makeStream(
+            of: MQTTConnectionEvent.self, bufferingPolicy: .bufferingNewest(256))
+        try applyOptions()
+    }
+
+    deinit {
+        messageContinuation.finish()
+        eventContinuation.finish()
+    }
+
+    private var mosq: OpaquePointer { handle.pointer }
+
+    // MARK: - Setup
+
+    private func applyOptions() throws(MQTTError) {
+        let config = configuration
+        func check(_ rc: Int32, _ operation: String) throws(MQTTError) {
+            if rc != MOSQ_ERR_SUCCESS.rawValue { throw .library(code: rc, operation: operation, context: context) }
+        }
+        // Unretained: callbacks only run inside mosquitto_loop on our network thread, which retains `self`.
+        mosquitto_user_data_set(mosq, Unmanaged.passUnretained(self).toOpaque())
+        try check(mosquitto_threaded_set(mosq, true), "mosquitto_threaded_set")
+        if config.protocolVersion == .v5 {
+            try check(mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5), "protocol version")
+        }
+        try check(mosquitto_int_option(mosq, MOSQ_OPT_SEND_MAXIMUM, Int32(config.maxInflightMessages)), "send maximum")
+        try check(mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1), "tcp nodelay")
+        if let username = config.endpoint.username {
+            try check(mosquitto_username_pw_set(mosq, username, config.endpoint.password), "mosquitto_username_pw_set")
+        }
+        if let will = config.will {
+            let rc = will.payload.withUnsafeBytes { bytes in
+                mosquitto_will_set(
+                    mosq, will.topic, Int32(bytes.count), bytes.baseAddress, will.qos.rawValue, will.retain)
+            }
+            try check(rc, "mosquitto_will_set")
+        }
+        if config.endpoint.useTLS {
+            let tls = config.tls ?? MQTTTLSConfiguration()
+            let caPath = tls.caFile == nil ? MQTTTLSConfiguration.defaultCAPath : nil
+            try check(
+                mosquitto_tls_set(mosq, tls.caFile, caPath, tls.certFile, tls.keyFile, nil),
+                "mosquitto_tls_set (ca \(tls.caFile ?? caPath ?? "-"), cert \(tls.certFile ?? "-"))")
+            if tls.insecureSkipVerify {
+                try check(mosquitto_tls_opts_set(mosq, 0, nil, nil), "mosquitto_tls_opts_set (no verification)")
+                try check(mosquitto_tls_insecure_set(mosq, true), "mosquitto_tls_insecure_set")
+            }
+        }
+        mosquitto_connect_v5_callback_set(mosq, mqttOnConnect)
+        mosquitto_disconnect_v5_callback_set(mosq, mqttOnDisconnect)
+        mosquitto_publish_v5_callback_set(mosq, mqttOnPublish)
+        mosquitto_message_v5_callback_set(mosq, mqttOnMessage)
+        mosquitto_subscribe_v5_callback_set(mosq, mqttOnSubscribe)
+        mosquitto_unsubscribe_v5_callback_set(mosq, mqttOnUnsubscribe)
+        mosquitto_log_callback_set(mosq, mqttOnLog)
+    }
+
+    // MARK: - Public operations
+
+    var isConnected: Bool { state.withLock { $0.connected } }
+    var outstandingPublishCount: Int { state.withLock { $0.outstanding } }
+
+    func setHandler(_ handler: (@Sendable (MQTTMessage) -> MQTTMessageDisposition)?) {
+        state.withLock { $0.handler = handler }
+    }
+
+    func connect(waitForBroker: Bool) async throws(MQTTError) {
+        let token = state.withLock { $0.token() }
+        let deadline = waitForBroker ? nil : ContinuousClock.now + .seconds(configuration.connectTimeout)
+        let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: VoidContinuation) in
+                let startGeneration: Int? = state.withLock { s in
+                    switch s.lifecycle {
+                    case .stopped:
+                        continuation.resume(
+                            returning: .failure(.disconnectedByClient(operation: "connect", context: context)))
+                        return nil
+                    case .running where s.connected:
+                        continuation.resume(returning: .success(()))
+                        return nil
+                    case .running:
+                        s.connectWaiters[token] = ConnectWaiter(continuation: continuation, deadline: deadline)
+                        return nil
+                    case .idle:
+                        s.connectWaiters[token] = ConnectWaiter(continuation: continuation, deadline: deadline)
+                        s.generation += 1
+                        s.lifecycle = .running(generation: s.generation)
+                        return s.generation
+                    }
+                }
+                if let startGeneration { startNetworkThread(generation: startGeneration) }
+                wakeup.signal()
+            }
+        } onCancel: {
+            state.withLock { s in
+                s.connectWaiters.removeValue(forKey: token)?.continuation.resume(
+                    returning: .failure(.cancelled(operation: "connect to \(context)")))
+            }
+            wakeup.signal()
+        }
+        try result.get()
+    }
+
+    func disconnect() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            state.withLock { s in
+                switch s.lifecycle {
+                case .stopped:
+                    continuation.resume()
+                case .idle:
+                    s.lifecycle = .stopped
+                    failEverything(&s, with: .disconnectedByClient(operation: "request", context: context))
+                    continuation.resume()
+                case .running:
+                    s.stopRequested = true
+                    s.stopWaiters.append(continuation)
+                }
+            }
+            wakeup.signal()
+        }
+        messageContinuation.finish()
+        eventContinuation.finish()
+    }
+
+    /// Fire-and-forget stop for `MQTTClient.deinit`.
+    func requestStop() {
+        let finishNow: Bool = state.withLock { s in
+            switch s.lifecycle {
+            case .running:
+                s.stopRequested = true
+                return false
+            case .idle:
+                s.lifecycle = .stopped
+                failEverything(&s, with: .disconnectedByClient(operation: "request", context: context))
+                return true
+            case .stopped:
+                return true
+            }
+        }
+        wakeup.signal()
+        if finishNow {
+            messageContinuation.finish()
+            eventContinuation.finish()
+        }
+    }
+
+    func publish(topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool) async throws(MQTTError) {
+        try MQTTValidation.checkTopicName(topic)
+        if payload.count > MQTTValidation.maxPayload {
+            throw .payloadTooLarge(topic: topic, size: payload.count, limit: MQTTValidation.maxPayload)
+        }
+        let operation = "publish to '\(topic)'"
+        if qos == .atMostOnce {
+            let rc: Int32 = state.withLock { s in
+                if s.lifecycle == .stopped { return -100 }
+                return callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: nil)
+            }
+            switch rc {
+            case MOSQ_ERR_SUCCESS.rawValue: return
+            case -100: throw .disconnectedByClient(operation: operation, context: context)
+            case MOSQ_ERR_NO_CONN.rawValue: throw .notConnected(operation: operation + " (QoS 0 is not queued)", context: context)
+            default: throw publishError(rc, topic: topic)
+            }
+        }
+
+        try await acquireSlot(topic: topic)
+        // From here we own a slot: it is either moved into `publishes` (freed on the acknowledgement) or released.
+        let token = state.withLock { $0.token() }
+        let timeout = configuration.publishTimeout
+        let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: VoidContinuation) in
+                state.withLock { s in
+                    if s.lifecycle == .stopped {
+                        releaseSlot(&s)
+                        continuation.resume(
+                            returning: .failure(.disconnectedByClient(operation: operation, context: context)))
+                        return
+                    }
+                    var mid: Int32 = 0
+                    let rc = callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: &mid)
+                    // NO_CONN for QoS ≥ 1 means "queued, will be sent after the reconnect": never retry it.
+                    guard rc == MOSQ_ERR_SUCCESS.rawValue || rc == MOSQ_ERR_NO_CONN.rawValue else {
+                        releaseSlot(&s)
+                        continuation.resume(returning: .failure(publishError(rc, topic: topic)))
+                        return
+                    }
+                    if let stale = s.publishes[mid] {
+                        // Only possible if 65536 message ids were used while this one stayed unacknowledged
+                        // (QoS 0 publishes use ids too). Keep the bookkeeping consistent; the old entry is ambiguous.
+                        logger.warning("message id \(mid) reused while still unacknowledged (topic '\(stale.topic)')")
+                        stale.timer?.cancel()
+                        stale.continuation?.resume(returning: .success(()))
+                        releaseSlot(&s)
+                    }
+                    let timer = makeTimer(seconds: timeout) { [mid] core in
+                        core.abandonPublish(mid: mid, token: token, error: .publishTimeout(topic: topic, seconds: timeout))
+                    }
+                    s.publishes[mid] = PendingPublish(continuation: continuation, topic: topic, token: token, timer: timer)
+                }
+            }
+        } onCancel: {
+            state.withLock { s in
+                guard let (mid, _) = s.publishes.first(where: { $0.value.token == token }) else { return }
+                s.publishes[mid]?.timer?.cancel()
+                s.publishes[mid]?.continuation?.resume(returning: .failure(.cancelled(operation: operation)))
+                s.publishes[mid]?.continuation = nil
+            }
+        }
+        try result.get()
+    }
+
+    func subscribe(_ filters: [String], qos: MQTTQoS) async throws(MQTTError) -> [MQTTQoS] {
+        guard !filters.isEmpty else { throw .invalidTopic(topic: "", reason: "no topic filters given") }
+        for filter in filters { try MQTTValidation.checkTopicFilter(filter) }
+        if qos == .exactlyOnce {
+            logger.warning(
+                "subscribing at QoS 2: libmosquitto acknowledges QoS 2 messages before the handler runs, so .reject cannot cause redelivery")
+        }
+        let granted = try await request(filters: filters, qos: qos)
+        var result: [MQTTQoS] = []
+        for (index, filter) in filters.enumerated() {
+            let code = index < granted.count ? granted[index] : 0x80
+            guard let grantedQoS = MQTTQoS(rawValue: code) else { throw .subscriptionRejected(filter: filter) }
+            result.append(grantedQoS)
+        }
+        return result
+    }
+
+    func unsubscribe(_ filters: [String]) async throws(MQTTError) {
+        guard !filters.isEmpty else { throw .invalidTopic(topic: "", reason: "no topic filters given") }
+        for filter in filters { try MQTTValidation.checkTopicFilter(filter) }
+        _ = try await request(filters: filters, qos: nil)
+    }
+
+    // MARK: - Internals: publish slots and requests
+
+    /// Calls `mosquitto_publish`; callers hold `state` (see "Locking").
+    private func callPublish(topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, mid: UnsafeMutablePointer<Int32>?)
+        -> Int32
+    {
+        payload.withUnsafeBytes { bytes in
+            mosquitto_publish(mosq, mid, topic, Int32(bytes.count), bytes.baseAddress, qos.rawValue, retain)
+        }
+    }
+
+    private func publishError(_ rc: Int32, topic: String) -> MQTTError {
+        switch rc {
+        case MOSQ_ERR_PAYLOAD_SIZE.rawValue:
+            return .payloadTooLarge(topic: topic, size: -1, limit: MQTTValidation.maxPayload)
+        case MOSQ_ERR_MALFORMED_UTF8.rawValue:
+            return .malformedUTF8(field: "topic", value: topic)
+        default:
+            return .library(code: rc, operation: "publish to '\(topic)'", context: context)
+        }
+    }
+
+    private func acquireSlot(topic: String) async throws(MQTTError) {
+        let limit = configuration.maxOutstandingPublishes
+        let immediate: Bool = state.withLock { s in
+            if s.outstanding < limit && s.slotWaiters.isEmpty {
+                s.outstanding += 1
+                return true
+            }
+            return false
+        }
+        if immediate { return }
+        let token = state.withLock { $0.token() }
+        let timeout = configuration.publishTimeout
+        let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: VoidContinuation) in
+                state.withLock { s in
+                    if s.lifecycle == .stopped {
+                        continuation.resume(
+                            returning: .failure(.disconnectedByClient(operation: "publish to '\(topic)'", context: context)))
+                    } else if s.outstanding < limit && s.slotWaiters.isEmpty {
+                        s.outstanding += 1
+                        continuation.resume(returning: .success(()))
+                    } else {
+                        s.slotWaiters.append((token, continuation))
+                    }
+                }
+                _ = makeTimer(seconds: timeout) { core in
+                    core.state.withLock { s in
+                        guard let index = s.slotWaiters.firstIndex(where: { $0.token == token }) else { return }
+                        s.slotWaiters.remove(at: index).continuation.resume(
+                            returning: .failure(.outstandingLimitReached(limit: limit, topic: topic)))
+                    }
+                }
+            }
+        } onCancel: {
+            state.withLock { s in
+                guard let index = s.slotWaiters.firstIndex(where: { $0.token == token }) else { return }
+                s.slotWaiters.remove(at: index).continuation.resume(
+                    returning: .failure(.cancelled(operation: "publish to '\(topic)'")))
+            }
+        }
+        try result.get()
+    }
+
+    /// Runs `action` after `seconds` unless cancelled first; holds the core only weakly meanwhile.
+    private func makeTimer(seconds: Double, _ action: @escaping @Sendable (MQTTClientCore) -> Void) -> Task<Void, Never> {
+        Task { [weak self] in
+            try? await Task.sleep(for: .seconds(seconds))
+            guard !Task.isCancelled, let self else { return }
+            action(self)
+        }
+    }
+
+    /// Frees one slot, or hands it straight to the oldest waiter.
+    private func releaseSlot(_ s: inout State) {
+        if s.slotWaiters.isEmpty {
+            s.outstanding = max(0, s.outstanding - 1)
+        } else {
+            s.slotWaiters.removeFirst().continuation.resume(returning: .success(()))
+        }
+    }
+
+    /// The caller stops waiting; the entry (and its slot) stays until libmosquitto reports the acknowledgement.
+    private func abandonPublish(mid: Int32, token: UInt64, error: MQTTError) {
+        state.withLock { s in
+            guard s.publishes[mid]?.token == token else { return }
+            s.publishes[mid]?.continuation?.resume(returning: .failure(error))
+            s.publishes[mid]?.continuation = nil
+            s.publishes[mid]?.timer = nil
+        }
+    }
+
+    private func request(filters: [String], qos: MQTTQoS?) async throws(MQTTError) -> [Int32] {
+        let operation = (qos == nil ? "unsubscribe from " : "subscribe to ") + filters.map { "'\($0)'" }.joined(separator: ", ")
+        let token = state.withLock { $0.token() }
+        let timeout = configuration.publishTimeout
+        let result: Result<[Int32], MQTTError> = await withTaskCancellationHandler {
+            await withCheckedContinuation { (continuation: GrantContinuation) in
+                state.withLock { s in
+                    if s.lifecycle == .stopped {
+                        continuation.resume(returning: .failure(.disconnectedByClient(operation: operation, context: context)))
+                        return
+                    }
+                    guard s.connected else {
+                        continuation.resume(returning: .failure(.notConnected(operation: operation, context: context)))
+                        return
+                    }
+                    var mid: Int32 = 0
+                    let rc = callSubscribe(filters: filters, qos: qos, mid: &mid)
+                    guard rc == MOSQ_ERR_SUCCESS.rawValue else {
+                        let error: MQTTError = rc == MOSQ_ERR_NO_CONN.rawValue
+                            ? .notConnected(operation: operation, context: context)
+                            : .library(code: rc, operation: operation, context: context)
+                        continuation.resume(returning: .failure(error))
+                        return
+                    }
+                    let timer = makeTimer(seconds: timeout) { [mid] core in
+                        core.state.withLock { s in
+                            guard s.requests[mid]?.token == token else { return }
+                            s.requests.removeValue(forKey: mid)?.continuation?.resume(
+                                returning: .failure(.requestTimeout(operation: operation, seconds: timeout, context: core.context)))
+                        }
+                    }
+                    s.requests[mid] = PendingRequest(
+                        continuation: continuation, token: token, filters: filters, qos: qos, timer: timer)
+                }
+            }
+        } onCancel: {
+            state.withLock { s in
+                guard let (mid, _) = s.requests.first(where: { $0.value.token == token }) else { return }
+                s.requests[mid]?.timer?.cancel()
+                s.requests[mid]?.continuation?.resume(returning: .failure(.cancelled(operation: operation)))
+                s.requests[mid]?.continuation = nil
+            }
+        }
+        return try result.get()
+    }
+
+    /// SUBSCRIBE (qos non-nil) or UNSUBSCRIBE for several filters in one packet.
+    private func callSubscribe(filters: [String], qos: MQTTQoS?, mid: UnsafeMutablePointer<Int32>?) -> Int32 {
+        let cStrings: [UnsafeMutablePointer<CChar>?] = filters.map { strdup($0) }
+        defer { cStrings.forEach { free($0) } }
+        return cStrings.withUnsafeBufferPointer { buffer in
+            if let qos {
+                return mosquitto_subscribe_multiple(mosq, mid, Int32(buffer.count), buffer.baseAddress, qos.rawValue, 0, nil)
+            } else {
+                return mosquitto_unsubscribe_multiple(mosq, mid, Int32(buffer.count), buffer.baseAddress, nil)
+            }
+        }
+    }
+
+    /// Terminal cleanup after `disconnect()`: every waiter gets `error`.
+    private func failEverything(_ s: inout State, with error: MQTTError) {
+        for (_, entry) in s.publishes {
+            entry.timer?.cancel()
+            if case let .disconnectedByClient(_, context) = error {
+                entry.continuation?.resume(
+                    returning: .failure(.disconnectedByClient(operation: "publish to '\(entry.topic)'", context: context)))
+            } else {
+                entry.continuation?.resume(returning: .failure(error))
+            }
+        }
+        s.publishes.removeAll()
+        s.outstanding = 0
+        for waiter in s.slotWaiters { waiter.continuation.resume(returning: .failure(error)) }
+        s.slotWaiters.removeAll()
+        for (_, request) in s.requests {
+            request.timer?.cancel()
+            request.continuation?.resume(returning: .failure(error))
+        }
+        s.requests.removeAll()
+        for (_, waiter) in s.connectWaiters { waiter.continuation.resume(returning: .failure(error)) }
+        s.connectWaiters.removeAll()
+    }
+
+    // MARK: - Callbacks (network thread, inside mosquitto_loop)
+
+    fileprivate func onConnect(code: Int32, flags: Int32) {
+        let sessionPresent = flags & 1 == 1
+        let resubscribe: [MQTTQoS: [String]]? = state.withLock { s in
+            s.connack = (Int(code), sessionPresent)
+            guard code == 0 else { return nil }
+            s.connected = true
+            s.everConnected = true
+            for (_, waiter) in s.connectWaiters { waiter.continuation.resume(returning: .success(())) }
+            s.connectWaiters.removeAll()
+            if sessionPresent || s.subscriptions.isEmpty { return nil }
+            return Dictionary(grouping: s.subscriptions.keys.sorted(), by: { s.subscriptions[$0]! })
+        }
+        guard code == 0 else { return }
+        logger.info("connected", metadata: ["session_present": "\(sessionPresent)"])
+        eventContinuation.yield(.connected(sessionPresent: sessionPresent))
+        for (qos, filters) in resubscribe ?? [:] {
+            // Sent before any application traffic; the SUBACK has no waiter and is only logged.
+            let rc = state.withLock { _ in callSubscribe(filters: filters, qos: qos, mid: nil) }
+            if rc != MOSQ_ERR_SUCCESS.rawValue {
+                logger.error("re-subscribe failed: \(MQTTError.library(code: rc, operation: "re-subscribe", context: context))")
+            } else {
+                logger.info("re-subscribed after a reconnect without session", metadata: ["filters": "\(filters)"])
+            }
+        }
+    }
+
+    fileprivate func onDisconnect(code: Int32) {
+        state.withLock { $0.connected = false }
+        logger.debug("socket closed", metadata: ["rc": "\(code)"])
+    }
+
+    fileprivate func onPublish(mid: Int32, reasonCode: Int32) {
+        state.withLock { s in
+            guard let entry = s.publishes.removeValue(forKey: mid) else { return }  // e.g. QoS 0 or a stale id
+            entry.timer?.cancel()
+            releaseSlot(&s)
+            if reasonCode >= 0x80 {
+                entry.continuation?.resume(returning: .failure(.publishRejected(reasonCode: Int(reasonCode), topic: entry.topic)))
+            } else {
+                entry.continuation?.resume(returning: .success(()))
+            }
+        }
+    }
+
+    fileprivate func onSubscribe(mid: Int32, granted: [Int32]) {
+        state.withLock { s in
+            guard let request = s.requests.removeValue(forKey: mid), let qos = request.qos else { return }
+            request.timer?.cancel()
+            for (index, filter) in request.filters.enumerated() where index < granted.count && granted[index] < 0x80 {
+                s.subscriptions[filter] = qos
+            }
+            request.continuation?.resume(returning: .success(granted))
+        }
+    }
+
+    fileprivate func onUnsubscribe(mid: Int32) {
+        state.withLock { s in
+            guard let request = s.requests.removeValue(forKey: mid), request.qos == nil else { return }
+            request.timer?.cancel()
+            for filter in request.filters { s.subscriptions.removeValue(forKey: filter) }
+            request.continuation?.resume(returning: .success([]))
+        }
+    }
+
+    fileprivate func onMessage(_ message: MQTTMessage) {
+        guard let handler = state.withLock({ $0.handler }) else {
+            messageContinuation.yield(message)
+            return
+        }
+        guard handler(message) == .reject else { return }
+        if message.qos == .atLeastOnce {
+            // The PUBACK is queued but unsent (threaded mode); killing the socket now keeps it from ever leaving, so
+            // the broker redelivers after our automatic reconnect.
+            logger.notice("message rejected by the handler; dropping the connection so the broker redelivers it",
+                          metadata: ["topic": "\(message.topic)", "mid": "\(message.messageID)"])
+            let fd = mosquitto_socket(mosq)
+            if fd >= 0 { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+        } else {
+            logger.warning("message rejected by the handler, but QoS \(message.qos.rawValue) cannot be redelivered",
+                           metadata: ["topic": "\(message.topic)"])
+        }
+    }
+
+    fileprivate func onLog(level: Int32, text: String) {
+        switch level {
+        case MOSQ_LOG_ERR: logger.error("libmosquitto: \(text)")
+        case MOSQ_LOG_WARNING: logger.warning("libmosquitto: \(text)")
+        case MOSQ_LOG_NOTICE, MOSQ_LOG_INFO: logger.debug("libmosquitto: \(text)")
+        default: logger.trace("libmosquitto: \(text)")
+        }
+    }
+
+    // MARK: - Network thread
+
+    private func startNetworkThread(generation: Int) {
+        let thread = Thread { [self] in runNetworkLoop(generation: generation) }
+        thread.name = "mqtt-\(configuration.clientID)"
+        thread.start()
+    }
+
+    private enum Phase {
+        case startAttempt
+        case connecting(since: ContinuousClock.Instant)
+        case connected
+        case waiting(until: ContinuousClock.Instant)
+    }
+
+    private enum LoopDecision {
+        case proceed
+        /// disconnect() was called.
+        case stop
+        /// No first connection and nobody waiting for one.
+        case goIdle
+        /// This thread's generation is over (defensive; not expected).
+        case exit
+    }
+
+    private func runNetworkLoop(generation: Int) {
+        var phase = Phase.startAttempt
+        var failures = 0
+        let connectTimeout = Duration.seconds(configuration.connectTimeout)
+        while true {
+            switch checkLifecycle(generation: generation) {
+            case .stop:
+                stopNetwork()
+                return
+            case .exit:
+                return
+            case .goIdle:
+                // Close the abandoned attempt first: once we are idle, a new connect() may start another thread.
+                abortSocket()
+                if enterIdle(generation: generation) { return }
+            case .proceed:
+                break
+            }
+            switch phase {
+            case let .waiting(until):
+                let remaining = ContinuousClock.now.duration(to: until)
+                if remaining <= .zero {
+                    phase = .startAttempt
+                } else {
+                    let wait = min(remaining, .milliseconds(100))
+                    let seconds = Double(wait.components.seconds) + Double(wait.components.attoseconds) / 1e18
+                    _ = wakeup.wait(timeout: .now() + seconds)
+                }
+
+            case .startAttempt:
+                let rc = startConnectAttempt()
+                if rc == MOSQ_ERR_SUCCESS.rawValue {
+                    phase = .connecting(since: .now)
+                } else {
+                    let error = MQTTError.library(code: rc, operation: "connect", context: context)
+                    phase = attemptFailed(error, failures: &failures)
+                }
+
+            case let .connecting(since):
+                let rc = mosquitto_loop(mosq, 100, 1)
+                let connack = state.withLock { $0.connack }
+                if let connack, connack.code == 0 {
+                    failures = 0
+                    phase = .connected
+                } else if let connack {
+                    let refusal = MQTTConnectRefusal(code: connack.code, protocolVersion: configuration.protocolVersion)
+                    let error = MQTTError.connectionRefused(reason: refusal, context: context)
+                    logger.error("\(error)")
+                    abortSocket()
+                    if refusal.isPermanent && refuseWaiters(error) { return }
+                    phase = attemptFailed(error, failures: &failures)
+                } else if rc != MOSQ_ERR_SUCCESS.rawValue {
+                    let error = MQTTError.library(code: rc, operation: "connect", context: context)
+                    phase = attemptFailed(error, failures: &failures)
+                } else if ContinuousClock.now - since > connectTimeout {
+                    abortSocket()
+                    let error = MQTTError.connectTimeout(
+                        host: configuration.endpoint.host, port: configuration.endpoint.port,
+                        seconds: configuration.connectTimeout)
+                    phase = attemptFailed(error, failures: &failures)
+                }
+
+            case .connected:
+                let rc = mosquitto_loop(mosq, 100, 1)
+                if rc != MOSQ_ERR_SUCCESS.rawValue {
+                    let error = MQTTError.library(code: rc, operation: "connection", context: context)
+                    connectionLost(error)
+                    failures = 0
+                    phase = attemptFailed(nil, failures: &failures)
+                }
+            }
+        }
+    }
+
+    /// Expires connect() waiters past their deadline and decides whether the loop goes on.
+    private func checkLifecycle(generation: Int) -> LoopDecision {
+        let now = ContinuousClock.now
+        let config = configuration
+        return state.withLock { s in
+            guard s.lifecycle == .running(generation: generation) else { return .exit }
+            if s.stopRequested { return .stop }
+            for (token, waiter) in s.connectWaiters {
+                if let deadline = waiter.deadline, now >= deadline {
+                    s.connectWaiters.removeValue(forKey: token)
+                    waiter.continuation.resume(
+                        returning: .failure(.connectTimeout(
+                            host: config.endpoint.host, port: config.endpoint.port, seconds: config.connectTimeout)))
+                }
+            }
+            // Nobody asked us to keep trying for a first connection: stop the background attempts.
+            return !s.everConnected && s.connectWaiters.isEmpty ? .goIdle : .proceed
+        }
+    }
+
+    /// Ends the thread's generation unless a connect() registered meanwhile. Returns true when the thread must end.
+    private func enterIdle(generation: Int) -> Bool {
+        state.withLock { s in
+            guard s.lifecycle == .running(generation: generation) else { return true }
+            if s.stopRequested || s.everConnected || !s.connectWaiters.isEmpty { return false }
+            s.lifecycle = .idle
+            return true
+        }
+    }
+
+    /// A permanent refusal before the first successful connect fails connect() and stops trying.
+    /// Returns true when the thread should end.
+    private func refuseWaiters(_ error: MQTTError) -> Bool {
+        state.withLock { s in
+            guard !s.everConnected else { return false }
+            for (_, waiter) in s.connectWaiters { waiter.continuation.resume(returning: .failure(error)) }
+            s.connectWaiters.removeAll()
+            s.lifecycle = .idle
+            return true
+        }
+    }
+
+    private func startConnectAttempt() -> Int32 {
+        let config = configuration
+        state.withLock { $0.connack = nil }
+        let expiry: UInt32? = config.protocolVersion == .v5
+            ? (config.sessionExpiryInterval ?? (config.cleanSession ? nil : UInt32.max)) : nil
+        if let expiry {
+            var properties: OpaquePointer? = nil
+            defer { mosquitto_property_free_all(&properties) }
+            let added = mosquitto_property_add_int32(&properties, Int32(MQTT_PROP_SESSION_EXPIRY_INTERVAL.rawValue), expiry)
+            if added != MOSQ_ERR_SUCCESS.rawValue { return added }
+            // Re-creates libmosquitto's wake-up socket pair: hold `state` so no publish/subscribe writes to it meanwhile.
+            return state.withLock { _ in
+                mosquitto_connect_bind_v5(
+                    mosq, config.endpoint.host, Int32(config.endpoint.port), Int32(config.keepAlive), nil, properties)
+            }
+        }
+        let configured = state.withLock { $0.hostConfigured }
+        if configured { return mosquitto_reconnect_async(mosq) }
+        let rc = state.withLock { s in
+            s.hostConfigured = true
+            return mosquitto_connect_async(mosq, config.endpoint.host, Int32(config.endpoint.port), Int32(config.keepAlive))
+        }
+        return rc
+    }
+
+    /// Records a failed attempt and schedules the next one.
+    private func attemptFailed(_ error: MQTTError?, failures: inout Int) -> Phase {
+        failures += 1
+        let delay = configuration.reconnect.delay(afterFailures: failures, random: Double.random(in: 0...1))
+        if let error { logger.info("connect attempt failed: \(error)") }
+        logger.debug("reconnecting", metadata: ["attempt": "\(failures)", "delay_s": "\(delay)"])
+        eventContinuation.yield(.reconnecting(attempt: failures, delay: delay))
+        return .waiting(until: .now + .seconds(delay))
+    }
+
+    private func connectionLost(_ error: MQTTError) {
+        logger.warning("connection lost: \(error)")
+        state.withLock { s in
+            s.connected = false
+            // libmosquitto does not resend SUBSCRIBE/UNSUBSCRIBE after a reconnect.
+            for (_, request) in s.requests {
+                request.timer?.cancel()
+                let operation = request.qos == nil ? "unsubscribe" : "subscribe"
+                request.continuation?.resume(returning: .failure(.connectionLost(operation: operation, context: context)))
+            }
+            s.requests.removeAll()
+        }
+        eventContinuation.yield(.disconnected(error))
+    }
+
+    /// Closes a socket left by an abandoned attempt (shutdown makes the next loop call fail and close it).
+    private func abortSocket() {
+        let fd = mosquitto_socket(mosq)
+        guard fd >= 0 else { return }
+        _ = shutdown(fd, Int32(SHUT_RDWR))
+        _ = mosquitto_loop(mosq, 10, 1)
+        state.withLock { $0.connected = false }
+    }
+
+    /// Clean DISCONNECT (the broker then discards our will), then terminal cleanup.
+    private func stopNetwork() {
+        let wasConnected = state.withLock { $0.connected }
+        if wasConnected {
+            _ = mosquitto_disconnect(mosq)
+            let deadline = ContinuousClock.now + .seconds(2)
+            while ContinuousClock.now < deadline && mosquitto_socket(mosq) >= 0 {
+                if mosquitto_loop(mosq, 100, 1) != MOSQ_ERR_SUCCESS.rawValue { break }
+            }
+        } else {
+            _ = mosquitto_disconnect(mosq)
+        }
+        abortSocket()
+        let waiters: [CheckedContinuation<Void, Never>] = state.withLock { s in
+            s.connected = false
+            s.lifecycle = .stopped
+            failEverything(&s, with: .disconnectedByClient(operation: "request", context: context))
+            defer { s.stopWaiters.removeAll() }
+            return s.stopWaiters
+        }
+        logger.info("disconnected by the client")
+        if wasConnected { eventContinuation.yield(.disconnected(nil)) }
+        messageContinuation.finish()
+        eventContinuation.finish()
+        for waiter in waiters { waiter.resume() }
+    }
+}
+
+// MARK: - C callbacks
+
+private func core(_ userdata: UnsafeMutableRawPointer?) -> MQTTClientCore? {
+    guard let userdata else { return nil }
+    return Unmanaged<MQTTClientCore>.fromOpaque(userdata).takeUnretainedValue()
+}
+
+private func mqttOnConnect(
+    _ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ rc: Int32, _ flags: Int32, _ props: OpaquePointer?
+) {
+    core(userdata)?.onConnect(code: rc, flags: flags)
+}
+
+private func mqttOnDisconnect(_ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ rc: Int32, _ props: OpaquePointer?) {
+    core(userdata)?.onDisconnect(code: rc)
+}
+
+private func mqttOnPublish(
+    _ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ mid: Int32, _ reasonCode: Int32, _ props: OpaquePointer?
+) {
+    core(userdata)?.onPublish(mid: mid, reasonCode: reasonCode)
+}
+
+private func mqttOnMessage(
+    _ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ message: UnsafePointer<mosquitto_message>?,
+    _ props: OpaquePointer?
+) {
+    guard let message = message?.pointee, let core = core(userdata) else { return }
+    let topic = message.topic.map { String(cString: $0) } ?? ""
+    var payload: [UInt8] = []
+    if let bytes = message.payload, message.payloadlen > 0 {
+        payload = Array(UnsafeRawBufferPointer(start: bytes, count: Int(message.payloadlen)))
+    }
+    core.onMessage(
+        MQTTMessage(
+            topic: topic, payload: payload, qos: MQTTQoS(rawValue: message.qos) ?? .atMostOnce, retain: message.retain,
+            messageID: message.mid))
+}
+
+private func mqttOnSubscribe(
+    _ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ mid: Int32, _ count: Int32,
+    _ granted: UnsafePointer<Int32>?, _ props: OpaquePointer?
+) {
+    let codes = granted.map { Array(UnsafeBufferPointer(start: $0, count: Int(max(0, count)))) } ?? []
+    core(userdata)?.onSubscribe(mid: mid, granted: codes)
+}
+
+private func mqttOnUnsubscribe(_ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ mid: Int32, _ props: OpaquePointer?) {
+    core(userdata)?.onUnsubscribe(mid: mid)
+}
+
+private func mqttOnLog(_ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ level: Int32, _ text: UnsafePointer<CChar>?) {
+    guard let text else { return }
+    core(userdata)?.onLog(level: level, text: String(cString: text))
+}
