@@ -84,7 +84,16 @@ struct DemoCommand: AsyncParsableCommand {
         let processor = try EventProcessor(configuration: configuration, logger: logger)
         let processorTask = Task { try await processor.run() }
         defer { processorTask.cancel() }
-        try await Task.sleep(for: .milliseconds(300))
+        // Workers start only once the processor's subscriptions exist, so no event of the demo can miss it.
+        let deadline = Date().addingTimeInterval(20)
+        while !processor.isSubscribed {
+            if Date() > deadline {
+                processorTask.cancel()
+                try await processorTask.value
+                throw CLIError("the processor did not subscribe within 20 s")
+            }
+            try await Task.sleep(for: .milliseconds(50))
+        }
 
         output("simulating \(workers) GPU workers with \(jobs) jobs each, and one worker that dies mid-job …")
         let simulations = (1...max(1, workers)).map { number in

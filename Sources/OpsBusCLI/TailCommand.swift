@@ -50,6 +50,7 @@ struct TailCommand: AsyncParsableCommand {
             client = try MQTTClient(configuration: configuration, logger: logger)
             try await client.connect()
             _ = try await client.subscribe(chosen, qos: .atLeastOnce)
+            logger.info("subscribed", metadata: ["filters": "\(chosen)"])
         } catch {
             throw CLIError("\(error)")
         }

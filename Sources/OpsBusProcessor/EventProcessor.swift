@@ -20,6 +20,7 @@ public final class EventProcessor: Sendable {
     private let client: MQTTClient
     private let applier: Mutex<EventApplier>
     private let counters = Mutex(ProcessorCounters())
+    private let subscribed = Mutex(false)
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
         throws(ProcessorError)
@@ -44,6 +45,9 @@ public final class EventProcessor: Sendable {
     /// Counters since start (received, applied, duplicates, dead letters …).
     public var counters: ProcessorCounters { counters.withLock { $0 } }
 
+    /// True once the subscriptions are in place: from then on the broker keeps events for this processor's session.
+    public var isSubscribed: Bool { subscribed.withLock { $0 } }
+
     /// Connects to Redis and the broker, subscribes, and processes events until the task is cancelled; then stops
     /// taking messages (the one being applied finishes first) and disconnects.
     public func run() async throws(ProcessorError) {
@@ -52,6 +56,7 @@ public final class EventProcessor: Sendable {
         do {
             try await client.connect(waitForBroker: true)
             _ = try await client.subscribe(configuration.subscriptionFilters, qos: .atLeastOnce)
+            subscribed.withLock { $0 = true }
         } catch {
             await client.disconnect()
             throw .mqtt(error)
