@@ -60,7 +60,10 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
-        .executableTarget(name: "opsbus", dependencies: ["OpsBusCLI"]),
+        .executableTarget(
+            name: "opsbus",
+            dependencies: ["OpsBusCLI", .product(name: "ArgumentParser", package: "swift-argument-parser")]
+        ),
         .testTarget(name: "OpsBusCoreTests", dependencies: ["OpsBusCore"]),
         .testTarget(name: "OpsBusMQTTTests", dependencies: ["OpsBusMQTT", "CMosquitto", "OpsBusLocalServers"]),
         .testTarget(name: "OpsBusRedisTests", dependencies: ["OpsBusRedis", "OpsBusLocalServers"]),

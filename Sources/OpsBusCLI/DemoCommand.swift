@@ -98,7 +98,7 @@ struct DemoCommand: AsyncParsableCommand {
         output("simulating \(workers) GPU workers with \(jobs) jobs each, and one worker that dies mid-job …")
         let simulations = (1...max(1, workers)).map { number in
             WorkerSimulation(workerID: "gpu-worker-\(number)", machineID: "gpu-box-\((number + 1) / 2)",
-                             jobIDs: (1...max(1, jobs)).map { "job-\(number)-\($0)" })
+                             jobIDs: (1...max(1, jobs)).map { "job-\(number)-\($0)" }, failEvery: 3)
         }
         let doomed = try launchDoomedWorker(mqttURL: mqttURL)
         let reports = try await withThrowingTaskGroup(of: WorkerSimulation.Report.self) { group in

@@ -1,3 +1,4 @@
+import Foundation
 import OpsBusCore
 
 /// One human-readable line per message for `opsbus tail`: time, type, ids, then the fields that matter for that
@@ -55,9 +56,9 @@ public struct EventLineFormatter: Sendable {
         }
     }
 
+    /// Four significant digits: enough to read, short enough to scan (costs are often fractions of a cent).
     private func format2(_ number: Double) -> String {
-        let scaled = (number * 100).rounded() / 100
-        return String(scaled)
+        String(format: "%.4g", number)
     }
 
     private func pad(_ text: String, _ width: Int) -> String {

@@ -77,12 +77,15 @@ struct JSONLogHandler: LogHandler {
     }
 }
 
-/// Cancels `task` on SIGINT/SIGTERM, so commands shut down cleanly (stop taking messages, disconnect, stop servers).
-final class SignalCanceller: Sendable {
-    private let sources: Mutex<[DispatchSourceSignal]> = Mutex([])
+/// Runs `onSignal` on SIGINT/SIGTERM, so commands shut down cleanly (stop taking messages, disconnect, stop servers).
+///
+/// `@unchecked Sendable`: the sources are set once in `init` and never mutated; cancelling a dispatch source is
+/// thread-safe.
+final class SignalCanceller: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
 
     init(onSignal: @escaping @Sendable (Int32) -> Void) {
-        var created: [DispatchSourceSignal] = []
+        var created: [any DispatchSourceSignal] = []
         for signalNumber in [SIGINT, SIGTERM] {
             signal(signalNumber, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
@@ -90,14 +93,11 @@ final class SignalCanceller: Sendable {
             source.resume()
             created.append(source)
         }
-        sources.withLock { $0 = created }
+        sources = created
     }
 
     func cancel() {
-        sources.withLock { list in
-            list.forEach { $0.cancel() }
-            list.removeAll()
-        }
+        sources.forEach { $0.cancel() }
         signal(SIGINT, SIG_DFL)
         signal(SIGTERM, SIG_DFL)
     }

@@ -51,8 +51,8 @@ final class EventApplier {
             return .failure(RejectionReason("invalid event: \(error)"))
         }
         do {
-            let parsed = try configuration.scheme.check(topic: topic, matches: envelope)
-            return .success((envelope, parsed.subject))
+            try configuration.scheme.check(topic: topic, matches: envelope)
+            return .success((envelope, try configuration.scheme.parse(topic).subject))
         } catch {
             return .failure(RejectionReason("\(error)"))
         }

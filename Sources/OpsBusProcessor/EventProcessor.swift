@@ -19,7 +19,7 @@ public final class EventProcessor: Sendable {
     private let logger: Logger
     private let client: MQTTClient
     private let applier: Mutex<EventApplier>
-    private let counters = Mutex(ProcessorCounters())
+    private let counterState = Mutex(ProcessorCounters())
     private let subscribed = Mutex(false)
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
@@ -43,7 +43,7 @@ public final class EventProcessor: Sendable {
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).
-    public var counters: ProcessorCounters { counters.withLock { $0 } }
+    public var counters: ProcessorCounters { counterState.withLock { $0 } }
 
     /// True once the subscriptions are in place: from then on the broker keeps events for this processor's session.
     public var isSubscribed: Bool { subscribed.withLock { $0 } }
@@ -74,7 +74,7 @@ public final class EventProcessor: Sendable {
     /// Handles one message on the MQTT network thread; returning `.accept` lets libmosquitto acknowledge it.
     func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
         let result = applier.withLock { $0.apply(topic: message.topic, payload: message.payload) }
-        counters.withLock { $0.record(result) }
+        counterState.withLock { $0.record(result) }
         switch result {
         case .retryLater(let reason):
             logger.warning("Redis unavailable; message handed back for redelivery", metadata: ["reason": "\(reason)"])

@@ -24,7 +24,7 @@ public struct ProcessorConfiguration: Sendable {
     public var keepAlive: Int
 
     public init(
-        mqtt: MQTTEndpoint, redis: RedisEndpoint, scheme: TopicScheme = TopicScheme(), keys: RedisKeys = RedisKeys(),
+        mqtt: MQTTEndpoint, redis: RedisEndpoint, scheme: TopicScheme = .unprefixed, keys: RedisKeys = RedisKeys(),
         clientID: String = "opsbus-processor", group: String? = nil, maxPayloadBytes: Int = 262_144,
         timelineLimit: Int = 200, dedupWindowSeconds: Int = 7 * 86_400, redisRetryWindow: Double = 20,
         keepAlive: Int = 30

@@ -66,8 +66,9 @@ struct RedisPlan {
 
         let (kind, state, counters) = Self.entityUpdate(envelope)
         let id = subject.rawValue
+        let isLastWill = envelope.eventType == .workerHealth && envelope.fields["last_will"]?.boolValue == true
         var arguments = [envelope.eventID, String(envelope.timestamp.millisecondsSinceEpoch), ttl, id,
-                         String(state.count / 2)]
+                         String(state.count / 2), isLastWill ? envelope.sessionID : ""]
         arguments += state + counters
         action = .entityEvent(keys: [keys.entity(kind, id), keys.entitySeen(kind, id), keys.entityIndex(kind)],
                               arguments: arguments)

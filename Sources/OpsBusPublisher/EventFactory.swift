@@ -11,7 +11,7 @@ public final class EventFactory: Sendable {
     public let sessionID: String
     private let sequence = Mutex<UInt64>(0)
 
-    public init(context: PublisherContext, scheme: TopicScheme = TopicScheme(), policy: QoSPolicy = .default,
+    public init(context: PublisherContext, scheme: TopicScheme = .unprefixed, policy: QoSPolicy = .default,
                 sessionID: String = EventID.make()) {
         self.context = context
         self.scheme = scheme

@@ -27,7 +27,7 @@ public final class EventPublisher: Sendable {
     /// tools such as `opsbus publish` pass false so they do not speak for the worker's lifetime.
     /// The client id defaults to `opsbus-pub-<worker or machine>-<session>`, unique per session.
     public static func connect(
-        endpoint: MQTTEndpoint, context: PublisherContext, scheme: TopicScheme = TopicScheme(),
+        endpoint: MQTTEndpoint, context: PublisherContext, scheme: TopicScheme = .unprefixed,
         policy: QoSPolicy = .default, clientID: String? = nil, keepAlive: Int = 30,
         tls: MQTTTLSConfiguration? = nil, waitForBroker: Bool = false,
         logger: Logger = Logger(label: "opsbus.publisher"), announceWorker: Bool = true
@@ -39,8 +39,12 @@ public final class EventPublisher: Sendable {
         configuration.keepAlive = keepAlive
         configuration.tls = tls
         if announceWorker && context.workerID != nil {
+            // The broker publishes this if the connection dies without a clean disconnect. Its timestamp is
+            // connect time; `last_will: true` tells the processor to apply it over this session's later events
+            // anyway (see the processor's EntityEventScript).
             let will = try factory.prepare(
-                .workerHealth, fields: ["status": "offline", "reason": "connection lost (last will)"])
+                .workerHealth,
+                fields: ["status": "offline", "reason": "connection lost (last will)", "last_will": true])
             configuration.will = MQTTWill(
                 topic: will.topic, payload: will.envelope.encoded(), qos: MQTTQoS(will.delivery.qos),
                 retain: will.delivery.retain)

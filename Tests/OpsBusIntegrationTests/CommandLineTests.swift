@@ -78,8 +78,8 @@ struct CommandLineTests {
         #expect(result.status == 0, "stdout: \(result.stdout)\nstderr: \(result.stderr)")
         #expect(result.stdout.contains("what happened"))
         #expect(result.stdout.contains("completed"))
-        #expect(result.stdout.contains("doomed-worker-1") && result.stdout.contains("offline"), result.stdout)
-        #expect(result.stdout.contains("dead letters  1"), result.stdout)
+        #expect(result.stdout.contains("doomed-worker-1") && result.stdout.contains("offline"), "\(result.stdout)")
+        #expect(result.stdout.contains("dead letters  1"), "\(result.stdout)")
         #expect(result.stdout.contains("mosquitto_sub -h 127.0.0.1"))
         // The demo stops the servers it started (their directories carry the demo's pid).
         let leftovers = try await run("/usr/bin/pgrep", ["-f", "opsbus-local-(mosquitto|redis)-\(pid)-"])

@@ -206,7 +206,8 @@ struct ProcessorIntegrationTests {
         let complete = try await waitUntil(timeout: 60) {
             try redis.command(["SCARD", self.keys.jobsByStatus("completed")]).int == Int64(total)
         }
-        #expect(complete, "completed \(try redis.command(["SCARD", keys.jobsByStatus("completed")]).int ?? -1) of \(total); killed at \(appliedAtKill)")
+        let completedCount = try redis.command(["SCARD", keys.jobsByStatus("completed")]).int ?? -1
+        #expect(complete, "completed \(completedCount) of \(total); killed at \(appliedAtKill)")
         #expect(appliedAtKill < total, "the kill happened mid-stream")
         processor.signal(SIGTERM)
         _ = try? await processor.wait(timeout: 20)

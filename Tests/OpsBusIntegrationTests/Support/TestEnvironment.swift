@@ -75,8 +75,8 @@ final class ChildProcess: @unchecked Sendable {
         let name = UUID().uuidString
         stdoutFile = directory.appendingPathComponent("opsbus-test-\(name).out")
         stderrFile = directory.appendingPathComponent("opsbus-test-\(name).err")
-        FileManager.default.createFile(atPath: stdoutFile.path, contents: nil)
-        FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stdoutFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var env = ProcessInfo.processInfo.environment

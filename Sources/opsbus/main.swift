@@ -1,3 +1,0 @@
-import OpsBusCLI
-
-await OpsBusCommand.main()
