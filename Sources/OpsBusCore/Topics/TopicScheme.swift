@@ -24,6 +24,13 @@ public struct TopicScheme: Sendable, Hashable {
     /// Prefix levels joined by `/`, without a trailing `/`; `nil` for none.
     public let prefix: String?
 
+    /// The scheme without a prefix (topics exactly as in `topics.md`).
+    public static let unprefixed = TopicScheme(validatedPrefix: nil)
+
+    private init(validatedPrefix: String?) {
+        prefix = validatedPrefix
+    }
+
     /// Validates the prefix: levels must be non-empty and free of `+`, `#`, NUL and control characters, and
     /// the prefix must not start with `$` (reserved for broker topics such as `$SYS`). An empty string means
     /// no prefix.
