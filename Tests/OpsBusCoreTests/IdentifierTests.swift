@@ -65,3 +65,39 @@ import OpsBusCore
         #expect([b, a].sorted() == [a, b])
     }
 }
+
+@Suite struct EventTypeTests {
+    @Test(arguments: EventType.allCases)
+    func actionIsTheRawValueAfterTheDot(type: EventType) {
+        let parts = type.rawValue.split(separator: ".")
+        #expect(parts.count == 2)
+        #expect(type.action == String(parts[1]))
+        // The family is the plural of the part before the dot.
+        #expect(type.topicFamily.rawValue == parts[0] + "s")
+        #expect(EventType(rawValue: type.rawValue) == type)
+    }
+
+    @Test func subjectKinds() {
+        #expect(EventType.jobFailed.subjectKind == .job)
+        #expect(EventType.resourceReleased.subjectKind == .worker)
+        #expect(EventType.workerHeartbeat.subjectKind == .worker)
+        #expect(EventType.queueState.subjectKind == .queue)
+        #expect(EventType.serviceHealth.subjectKind == .service)
+        #expect(EventType.modelLoaded.subjectKind == .model)
+        #expect(EventType.allCases.filter { $0.subjectKind == .trigger }.count == 6)
+        #expect(EventType.allCases.count == 20)
+    }
+
+    @Test func catalogHasASchemaForEveryType() {
+        for type in EventType.allCases {
+            let schema = EventCatalog.schema(for: type)
+            #expect(schema.eventType == type)
+            #expect(!schema.doc.isEmpty)
+            #expect(Set(schema.fields.map(\.name)).count == schema.fields.count, "duplicate field in \(type)")
+            for field in schema.fields {
+                #expect(!EventEnvelope.envelopeKeys.contains(field.name), "\(type).\(field.name) clashes with an envelope key")
+                #expect(!field.doc.isEmpty)
+            }
+        }
+    }
+}

@@ -51,8 +51,28 @@ public enum EventType: String, CaseIterable, Sendable, Codable {
 
     /// The part after the dot (`completed` for `job.completed`); it is the action level of the topic.
     public var action: String {
-        let raw = rawValue
-        return String(raw[raw.index(after: raw.firstIndex(of: ".")!)...])
+        switch self {
+        case .jobReceived: "received"
+        case .jobStarted: "started"
+        case .jobProgress: "progress"
+        case .jobCompleted: "completed"
+        case .jobFailed: "failed"
+        case .workerRegistered: "registered"
+        case .workerDeregistered: "deregistered"
+        case .workerHealth: "health"
+        case .workerHeartbeat: "heartbeat"
+        case .resourceAllocated: "allocated"
+        case .resourceReleased: "released"
+        case .queueState: "state"
+        case .serviceHealth: "health"
+        case .modelLoaded: "loaded"
+        case .triggerNotification: "notification"
+        case .triggerRetry: "retry"
+        case .triggerPrecache: "precache"
+        case .triggerWorkflow: "workflow"
+        case .triggerScaling: "scaling"
+        case .triggerFailover: "failover"
+        }
     }
 }
 
