@@ -30,8 +30,8 @@ public final class RedisConnection {
     public let endpoint: RedisEndpoint
     /// Seconds allowed for connect() and for each handshake reply (AUTH, SELECT, PING).
     public let connectTimeout: Double
-    /// Seconds allowed per reply (SO_RCVTIMEO/SO_SNDTIMEO); nil blocks forever. Blocking commands (BLPOP,
-    /// XREAD BLOCK) must block for less than this.
+    /// Seconds allowed per socket read or write (SO_RCVTIMEO/SO_SNDTIMEO), so per reply rather than per pipeline;
+    /// nil blocks forever. Blocking commands (BLPOP, XREAD BLOCK) must block for less than this.
     public let commandTimeout: Double?
     /// When true, a call on a broken connection reconnects once before sending.
     public var reconnectsAutomatically: Bool
@@ -55,6 +55,9 @@ public final class RedisConnection {
     ) throws(RedisError) {
         try Self.validate(timeout: connectTimeout, name: "connectTimeout")
         if let commandTimeout { try Self.validate(timeout: commandTimeout, name: "commandTimeout") }
+        if endpoint.username != nil && endpoint.password == nil {
+            throw .invalidArgument(reason: "the endpoint has a user name but no password; Redis AUTH needs both")
+        }
         self.endpoint = endpoint
         self.connectTimeout = connectTimeout
         self.commandTimeout = commandTimeout
@@ -294,7 +297,7 @@ public final class RedisConnection {
             // The server hung up (restart, idle timeout, CLIENT KILL) while we were idle: nothing was sent yet.
             _ = markBroken(
                 HiredisFailure(code: 3, message: "the server closed the connection while it was idle", timedOut: false),
-                commandMayHaveRun: false)
+                commandMayHaveRun: false, logLevel: .info)
         }
         let reason = brokenReason ?? "not connected"
         guard reconnectsAutomatically else {
@@ -308,7 +311,9 @@ public final class RedisConnection {
     }
 
     /// Frees the dead context and returns the error to throw.
-    private func markBroken(_ failure: HiredisFailure, commandMayHaveRun: Bool) -> RedisError {
+    private func markBroken(
+        _ failure: HiredisFailure, commandMayHaveRun: Bool, logLevel: Logger.Level = .warning
+    ) -> RedisError {
         context = nil
         let error: RedisError
         if failure.timedOut {
@@ -320,7 +325,7 @@ public final class RedisConnection {
             error = .io(endpoint: endpoint.description, reason: reason, commandMayHaveRun: commandMayHaveRun)
         }
         brokenReason = failure.timedOut ? "timed out" : failure.message
-        logger.warning("Redis connection broken", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
+        logger.log(level: logLevel, "Redis connection broken", metadata: ["redis": "\(endpoint)", "error": "\(error)"])
         return error
     }
 

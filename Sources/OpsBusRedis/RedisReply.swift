@@ -57,15 +57,18 @@ public enum RedisReply: Sendable, Hashable, CustomStringConvertible {
     /// The first word of an error reply (`NOSCRIPT`, `WRONGTYPE`, `ERR`, ...).
     public var errorCode: String? { errorMessage.map(Self.errorCode(of:)) }
 
-    /// Field/value pairs of an `HGETALL`-style flat array. Pairs whose field or value is not a UTF-8 string are
-    /// skipped; a non-array reply (including `.null`) gives an empty dictionary.
+    /// Field/value pairs of an `HGETALL`-style flat array (also `CONFIG GET`, `XINFO`, `HELLO 2`). Integer values
+    /// are rendered in decimal; pairs whose field or value is not text (binary, null, nested array) are skipped.
+    /// A non-array reply (including `.null`) gives an empty dictionary.
     public func hashDictionary() -> [String: String] {
         guard case let .array(elements) = self else { return [:] }
         var result: [String: String] = [:]
         result.reserveCapacity(elements.count / 2)
         var index = 0
         while index + 1 < elements.count {
-            if let field = elements[index].string, let value = elements[index + 1].string { result[field] = value }
+            let value: String?
+            if case let .integer(number) = elements[index + 1] { value = String(number) } else { value = elements[index + 1].string }
+            if let field = elements[index].string, let value { result[field] = value }
             index += 2
         }
         return result
