@@ -1,5 +1,9 @@
+import Synchronization
 import Testing
 import OpsBusLocalServers
+#if canImport(Glibc)
+import Glibc
+#endif
 @testable import OpsBusRedis
 
 @Suite struct RedisConnectionTests {
@@ -165,5 +169,62 @@ import OpsBusLocalServers
             Issue.record("a user name without a password must be refused, got \(String(describing: userOnly))")
             return
         }
+    }
+}
+
+@Suite struct RedisTransportTests {
+    @Test func connectsOverAUnixSocketWithTheDatabaseFromTheQuery() throws {
+        let socketPath = "/tmp/opsbus-redis-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max)).sock"
+        let server = try startRedis(["unixsocket \(socketPath)", "unixsocketperm 700"])
+        defer { server.stop() }
+        let overSocket = try RedisConnection(url: "unix://\(socketPath)?db=2")
+        try overSocket.command(["SET", "via", "socket"])
+        let overTCP = try RedisConnection(url: server.url + "/2")
+        #expect(try overTCP.command(["GET", "via"]) == .bulk(bytes("socket")))
+        try overSocket.reconnect()
+        #expect(try overSocket.command(["GET", "via"]) == .bulk(bytes("socket")))
+    }
+
+    @Test func connectsToAnIPv6Literal() throws {
+        let server = try startRedis(["bind 127.0.0.1 ::1"])
+        defer { server.stop() }
+        let redis = try RedisConnection(url: "redis://[::1]:\(server.port)/1")
+        #expect(try redis.command(["PING"]) == .status("PONG"))
+        let address = try redis.command(["CLIENT", "INFO"]).string ?? ""
+        #expect(address.contains("addr=[::1]") || address.contains("addr=::1"), "\(address)")
+    }
+
+    @Test func largeBinaryValuesAndLongPipelinesCrossBufferBoundaries() throws {
+        let server = try startRedis()
+        defer { server.stop() }
+        let redis = try connect(server)
+        // 3 MB of every byte value (a multiplicative hash of the index), far beyond hiredis' 16 KB read chunks.
+        let big = (0..<(3 * 1024 * 1024 + 17)).map { UInt8(truncatingIfNeeded: ($0 &* 2_654_435_761) >> 13) }
+        try redis.command([bytes("SET"), bytes("big"), big])
+        #expect(try redis.command([bytes("GET"), bytes("big")]) == .bulk(big))
+
+        let replies = try redis.pipeline(Array(repeating: ["INCR", "n"], count: 10_000))
+        #expect(replies.count == 10_000)
+        #expect(replies.first == .integer(1) && replies.last == .integer(10_000))
+        #expect(replies.enumerated().allSatisfy { $0.element == .integer(Int64($0.offset + 1)) })
+    }
+}
+
+@Suite struct RedisOwnershipTests {
+    /// The pattern for callers on other threads (e.g. an MQTT callback): hand the connection to a Mutex, which is
+    /// Sendable, and use it only inside `withLock`.
+    @Test func aConnectionInAMutexCanBeUsedFromSeveralThreads() throws {
+        let server = try startRedis()
+        defer { server.stop() }
+        let shared = Mutex(try connect(server))
+        let workers = (0..<4).map { _ in
+            BackgroundThread {
+                for _ in 0..<250 {
+                    try shared.withLock { redis throws(RedisError) in _ = try redis.command(["INCR", "n"]) }
+                }
+            }
+        }
+        #expect(workers.map { $0.join() } == [nil, nil, nil, nil])
+        #expect(try shared.withLock { redis throws(RedisError) in try redis.command(["GET", "n"]) } == .bulk(bytes("1000")))
     }
 }
