@@ -139,7 +139,7 @@ struct DemoCommand: AsyncParsableCommand {
         // The URL travels in the environment, not argv, so a password never shows in `ps`.
         process.environment = ProcessInfo.processInfo.environment.merging(["MQTT_URL": mqttURL]) { $1 }
         process.standardOutput = FileHandle.nullDevice
-        try process.run()
+        try ChildLauncher.run(process)
         return process
     }
 }

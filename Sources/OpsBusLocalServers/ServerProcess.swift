@@ -45,7 +45,7 @@ public final class ServerProcess: Sendable {
             child.standardOutput = log
             child.standardError = log
             child.standardInput = FileHandle.nullDevice
-            try child.run()
+            try ChildLauncher.run(child)
         } catch {
             throw .launchFailed(name: name, reason: "\(error)")
         }
@@ -95,6 +95,22 @@ public final class ServerProcess: Sendable {
         process.withLock { child in
             if let child, child.isRunning { Foundation.kill(child.processIdentifier, SIGKILL); child.waitUntilExit() }
         }
+    }
+}
+
+/// Launches child processes with a clean signal mask.
+///
+/// A child inherits the signal mask of the thread that spawns it, and Swift concurrency runs code on libdispatch
+/// worker threads that block almost every signal. A server or `opsbus` process started from there would ignore
+/// SIGTERM (so a graceful stop always ran into the SIGKILL fallback and mosquitto never saved its database).
+public enum ChildLauncher {
+    public static func run(_ process: Process) throws {
+        var empty = sigset_t()
+        var previous = sigset_t()
+        sigemptyset(&empty)
+        pthread_sigmask(SIG_SETMASK, &empty, &previous)
+        defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
+        try process.run()
     }
 }
 

@@ -43,12 +43,17 @@ public final class EventFactory: Sendable {
         }
     }
 
-    /// Validates and stamps an event. `subject` is the id that becomes the topic's second level; for job events it
-    /// defaults to the job id, for worker and resource events to the context's worker id.
+    /// Validates and stamps an event. The topic is derived from the envelope itself (`TopicScheme.topic(for:)`),
+    /// so the topic and the payload can never disagree: job events use the job id, worker and resource events the
+    /// context's worker id, queue/service/model events their `queue`/`service`/`model` field, triggers their
+    /// `subject` field (filled from `subject` when absent). A `subject` that disagrees with the payload is refused.
     /// A `seq` is consumed only by events that pass validation, so receivers never see a gap for a refused event.
     public func prepare(_ eventType: EventType, fields: JSONObject, subject: Identifier? = nil,
                         options: Options = Options()) throws(EventPublisherError) -> Prepared {
-        let subjectID = try resolveSubject(eventType, explicit: subject, jobID: options.jobID)
+        var fields = fields
+        if eventType.subjectKind == .trigger, let subject, fields["subject"] == nil {
+            fields["subject"] = .string(subject.rawValue)
+        }
         var envelope = EventEnvelope(
             eventID: EventID.make(), eventType: eventType, timestamp: .now(), source: context.source,
             jobID: options.jobID, machineID: context.machineID, workerID: context.workerID,
@@ -59,29 +64,22 @@ public final class EventFactory: Sendable {
         } catch {
             throw .invalidEvent(error)
         }
+        let topicSubject: Identifier
+        do {
+            topicSubject = try envelope.topicSubject()
+        } catch {
+            throw .missingSubject(eventType: eventType, needed: eventType.subjectFieldName)
+        }
+        if let subject, subject != topicSubject {
+            throw .subjectMismatch(eventType: eventType, given: subject.rawValue, payload: topicSubject.rawValue)
+        }
         envelope.seq = sequence.withLock { value in
             value += 1
             return value
         }
         return Prepared(
-            envelope: envelope, topic: scheme.topic(for: eventType, subject: subjectID),
+            envelope: envelope, topic: scheme.topic(for: eventType, subject: topicSubject),
             delivery: policy.policy(for: eventType))
-    }
-
-    private func resolveSubject(_ eventType: EventType, explicit: Identifier?, jobID: Identifier?)
-        throws(EventPublisherError) -> Identifier
-    {
-        if let explicit { return explicit }
-        switch eventType.subjectKind {
-        case .job:
-            if let jobID { return jobID }
-            throw .missingSubject(eventType: eventType, needed: "job id")
-        case .worker:
-            if let worker = context.workerID { return worker }
-            throw .missingSubject(eventType: eventType, needed: "worker id")
-        default:
-            throw .missingSubject(eventType: eventType, needed: "\(eventType.subjectKind) id")
-        }
     }
 
     /// Parses a caller-given id, mapping the validation error into the publisher's error type.

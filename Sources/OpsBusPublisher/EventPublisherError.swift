@@ -11,6 +11,8 @@ public enum EventPublisherError: Error, CustomStringConvertible, Sendable {
     case invalidEvent(EnvelopeError)
     /// The event needs a subject id the call did not give (e.g. a worker event without a worker id).
     case missingSubject(eventType: EventType, needed: String)
+    /// The subject given for the topic is not the one the payload names (e.g. `--subject q1` with `queue: q2`).
+    case subjectMismatch(eventType: EventType, given: String, payload: String)
     /// The broker did not take the message (not connected for QoS 0, timeout, refused …).
     case transport(MQTTError, topic: String)
 
@@ -21,6 +23,8 @@ public enum EventPublisherError: Error, CustomStringConvertible, Sendable {
         case let .invalidEvent(error): return "invalid event: \(error)"
         case let .missingSubject(eventType, needed):
             return "\(eventType.rawValue) needs a \(needed) (pass it, or set it in the publisher context)"
+        case let .subjectMismatch(eventType, given, payload):
+            return "\(eventType.rawValue): subject \"\(given)\" disagrees with the payload's \(eventType.subjectFieldName) \"\(payload)\""
         case let .transport(error, topic): return "publish to \(topic) failed: \(error)"
         }
     }

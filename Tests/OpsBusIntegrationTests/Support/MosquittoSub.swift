@@ -7,7 +7,8 @@ final class MosquittoSub: @unchecked Sendable {
     init(port: UInt16, filters: [String], extra: [String] = []) async throws {
         var arguments = ["-h", "127.0.0.1", "-p", String(port), "-v", "-d", "-q", "1", "-i", "opsbus-test-sub-\(UUID().uuidString.prefix(8))"]
         for filter in filters { arguments += ["-t", filter] }
-        child = try ChildProcess("/usr/bin/mosquitto_sub", arguments + extra)
+        // stdbuf: mosquitto_sub's stdout is a file here, and its debug lines would otherwise sit in a block buffer.
+        child = try ChildProcess("/usr/bin/stdbuf", ["-oL", "/usr/bin/mosquitto_sub"] + arguments + extra)
         let subscribed = try await waitUntil(timeout: 15) { self.child.stdout.contains("received SUBACK") }
         guard subscribed else { throw TestFailure("mosquitto_sub did not subscribe: \(child.stderr)") }
     }

@@ -85,7 +85,7 @@ final class ChildProcess: @unchecked Sendable {
         process.standardOutput = try FileHandle(forWritingTo: stdoutFile)
         process.standardError = try FileHandle(forWritingTo: stderrFile)
         process.standardInput = FileHandle.nullDevice
-        try process.run()
+        try ChildLauncher.run(process)
     }
 
     var stdout: String { (try? String(contentsOf: stdoutFile, encoding: .utf8)) ?? "" }
