@@ -654,6 +654,7 @@ final class MQTTClientCore: Sendable {
     }
 
     private func runNetworkLoop(generation: Int) {
+        blockAsynchronousSignals()
         var phase = Phase.startAttempt
         var failures = 0
         let connectTimeout = Duration.seconds(configuration.connectTimeout)
@@ -684,15 +685,17 @@ final class MQTTClientCore: Sendable {
 
             case .startAttempt:
                 let rc = startConnectAttempt()
+                let osError = errno
                 if rc == MOSQ_ERR_SUCCESS.rawValue {
                     phase = .connecting(since: .now)
                 } else {
-                    let error = MQTTError.library(code: rc, operation: "connect", context: context)
+                    let error = libraryError(rc, errno: osError, operation: "connect")
                     phase = attemptFailed(error, failures: &failures)
                 }
 
             case let .connecting(since):
                 let rc = mosquitto_loop(mosq, 100, 1)
+                let osError = errno
                 let connack = state.withLock { $0.connack }
                 if let connack, connack.code == 0 {
                     failures = 0
@@ -705,7 +708,7 @@ final class MQTTClientCore: Sendable {
                     if refusal.isPermanent && refuseWaiters(error) { return }
                     phase = attemptFailed(error, failures: &failures)
                 } else if rc != MOSQ_ERR_SUCCESS.rawValue {
-                    let error = MQTTError.library(code: rc, operation: "connect", context: context)
+                    let error = libraryError(rc, errno: osError, operation: "connect")
                     phase = attemptFailed(error, failures: &failures)
                 } else if ContinuousClock.now - since > connectTimeout {
                     abortSocket()
@@ -717,14 +720,27 @@ final class MQTTClientCore: Sendable {
 
             case .connected:
                 let rc = mosquitto_loop(mosq, 100, 1)
+                let osError = errno
                 if rc != MOSQ_ERR_SUCCESS.rawValue {
-                    let error = MQTTError.library(code: rc, operation: "connection", context: context)
+                    let error = libraryError(rc, errno: osError, operation: "connection")
                     connectionLost(error)
                     failures = 0
                     phase = attemptFailed(nil, failures: &failures)
                 }
             }
         }
+    }
+
+    /// Keeps process signals (SIGCHLD, SIGTERM, SIGINT, ...) away from our thread. Other code in the process may
+    /// consume them through a signalfd (libdispatch, hence Foundation's `Process`), which only works when no thread
+    /// accepts them: a SIGCHLD delivered to our thread would be discarded and `Process.waitUntilExit()` would hang.
+    private func blockAsynchronousSignals() {
+        var signals = sigset_t()
+        sigfillset(&signals)
+        for synchronous in [SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS] {
+            sigdelset(&signals, synchronous)
+        }
+        pthread_sigmask(SIG_BLOCK, &signals, nil)
     }
 
     /// Expires connect() waiters past their deadline and decides whether the loop goes on.
@@ -794,11 +810,27 @@ final class MQTTClientCore: Sendable {
         return rc
     }
 
+    /// MOSQ_ERR_ERRNO carries its meaning in errno: name it (e.g. "Connection refused").
+    private func libraryError(_ rc: Int32, errno osError: Int32, operation: String) -> MQTTError {
+        var operation = operation
+        if rc == MOSQ_ERR_ERRNO.rawValue, osError != 0, let text = strerror(osError) {
+            operation += " (errno \(osError): \(String(cString: text)))"
+        }
+        return .library(code: rc, operation: operation, context: context)
+    }
+
     /// Records a failed attempt and schedules the next one.
     private func attemptFailed(_ error: MQTTError?, failures: inout Int) -> Phase {
         failures += 1
         let delay = configuration.reconnect.delay(afterFailures: failures, random: Double.random(in: 0...1))
-        if let error { logger.info("connect attempt failed: \(error)") }
+        if let error {
+            // Keep the log readable while a broker is down: the first failure and every 20th at info.
+            if failures == 1 || failures % 20 == 0 {
+                logger.info("connect attempt \(failures) failed: \(error)")
+            } else {
+                logger.debug("connect attempt \(failures) failed: \(error)")
+            }
+        }
         logger.debug("reconnecting", metadata: ["attempt": "\(failures)", "delay_s": "\(delay)"])
         eventContinuation.yield(.reconnecting(attempt: failures, delay: delay))
         return .waiting(until: .now + .seconds(delay))

@@ -1,0 +1,328 @@
+import Foundation
+import OpsBusLocalServers
+import Testing
+
+@testable import OpsBusMQTT
+
+/// Pins the libmosquitto 2.0.11 behaviour the wrapper relies on, against a real mosquitto per test.
+/// Serialized: starting/stopping brokers blocks a thread, and the machine has two cores.
+@Suite("MQTT client against a real broker", .serialized)
+struct MQTTClientBrokerTests {
+    // 1. QoS 1 publish returns after the PUBACK, and an independent peer (mosquitto_sub) gets exactly the payloads.
+    @Test func qos1PublishReachesAnIndependentSubscriber() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let subscriber = try MosquittoSubProcess(port: broker.port, topic: "jobs/#", count: 3, clientID: uniqueID("sub"))
+        defer { subscriber.terminate() }
+        #expect(await eventually { subscriber.isSubscribed }, "mosquitto_sub never subscribed: \(subscriber.output)")
+
+        let client = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("pub")))
+        try await client.connect()
+        #expect(client.isConnected)
+        for payload in ["first", "second", "third"] {
+            try await client.publish(topic: "jobs/j1/completed", payload: bytes(payload), qos: .atLeastOnce)
+        }
+        #expect(client.outstandingPublishCount == 0)
+        #expect(await eventually { subscriber.hasExited }, "mosquitto_sub did not get 3 messages: \(subscriber.output)")
+        #expect(subscriber.messageLines(topicPrefix: "jobs/") == [
+            "jobs/j1/completed first", "jobs/j1/completed second", "jobs/j1/completed third",
+        ])
+        await client.disconnect()
+        #expect(!client.isConnected)
+    }
+
+    // 2. A handler that rejects m3 makes the broker redeliver it after the automatic reconnect: nothing is lost.
+    @Test func rejectedQoS1MessageIsRedeliveredOnTheDurableSession() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let consumer = try MQTTClient(
+            configuration: testConfiguration(port: broker.port, clientID: uniqueID("consumer"), cleanSession: false))
+        let events = EventRecorder(consumer)
+        let handled = Collector<String>()
+        consumer.setMessageHandler { message in
+            let payload = text(message.payload)
+            handled.append(payload)
+            let seenBefore = handled.all.filter { $0 == payload }.count > 1
+            return payload == "m3" && !seenBefore ? .reject : .accept
+        }
+        try await consumer.connect()
+        try await consumer.subscribe(["work/#"], qos: .atLeastOnce)
+
+        let producer = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("producer")))
+        try await producer.connect()
+        for index in 1...5 {
+            try await producer.publish(topic: "work/items", payload: bytes("m\(index)"), qos: .atLeastOnce)
+        }
+
+        let all = Set((1...5).map { "m\($0)" })
+        #expect(await eventually { Set(handled.all).isSuperset(of: all) && handled.all.filter { $0 == "m3" }.count >= 2 },
+                "handled: \(handled.all)")
+        #expect(await eventually { events.connectedCount >= 2 }, "events: \(events.events.all)")
+        // The reconnect found the session (that is why the broker could redeliver), and the loss was reported.
+        #expect(events.sessionPresentFlags.dropFirst().contains(true), "events: \(events.events.all)")
+        #expect(events.disconnectedCount >= 1)
+        await producer.disconnect()
+        await consumer.disconnect()
+    }
+
+    // 3. A durable subscriber gets what was published while it was away, without subscribing again.
+    @Test func durableSubscriberGetsMessagesPublishedWhileAway() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let id = uniqueID("durable")
+        let first = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: id, cleanSession: false))
+        try await first.connect()
+        try await first.subscribe(["workers/+/health"], qos: .atLeastOnce)
+        await first.disconnect()  // the process "dies"; a v3.1.1 durable session outlives the connection
+
+        let producer = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("producer")))
+        try await producer.connect()
+        for index in 1...3 {
+            try await producer.publish(topic: "workers/w\(index)/health", payload: bytes("h\(index)"), qos: .atLeastOnce)
+        }
+
+        let second = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: id, cleanSession: false))
+        let events = EventRecorder(second)
+        let received = Collector<String>()
+        second.setMessageHandler { message in
+            received.append("\(message.topic) \(text(message.payload))")
+            return .accept
+        }
+        try await second.connect()
+        #expect(await eventually { received.count >= 3 }, "received: \(received.all)")
+        #expect(received.all == ["workers/w1/health h1", "workers/w2/health h2", "workers/w3/health h3"])
+        #expect(await eventually { events.sessionPresentFlags == [true] }, "events: \(events.events.all)")
+        await producer.disconnect()
+        await second.disconnect()
+    }
+
+    // 4. QoS 1 while the broker is down completes after the restart, exactly once; QoS 0 throws .notConnected.
+    @Test func qos1PublishedWhileBrokerIsDownIsDeliveredOnceAfterRestart() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let subscriber = try MQTTClient(
+            configuration: testConfiguration(port: broker.port, clientID: uniqueID("sub"), cleanSession: false))
+        let received = Collector<String>()
+        subscriber.setMessageHandler { message in
+            received.append(text(message.payload))
+            return .accept
+        }
+        try await subscriber.connect()
+        try await subscriber.subscribe(["offline/#"], qos: .atLeastOnce)
+
+        let publisher = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("pub")))
+        try await publisher.connect()
+        broker.stop()  // SIGTERM: the broker saves the subscriber's durable session
+        #expect(await eventually { !publisher.isConnected })
+
+        await #expect {
+            try await publisher.publish(topic: "offline/q0", payload: bytes("dropped"), qos: .atMostOnce)
+        } throws: { error in
+            guard case let .notConnected(_, context) = error as? MQTTError else { return false }
+            return context.contains("127.0.0.1:\(broker.port)")
+        }
+
+        let pending = Task { try await publisher.publish(topic: "offline/q1", payload: bytes("queued"), qos: .atLeastOnce) }
+        #expect(await eventually { publisher.outstandingPublishCount == 1 })
+        try broker.startAgain()
+        try await pending.value
+        #expect(publisher.outstandingPublishCount == 0)
+
+        // A sentinel published after it: once it arrived, any duplicate of "queued" would have arrived too.
+        try await publisher.publish(topic: "offline/q1", payload: bytes("sentinel"), qos: .atLeastOnce)
+        #expect(await eventually { received.all.contains("sentinel") }, "received: \(received.all)")
+        #expect(received.all.filter { $0 == "queued" }.count == 1, "received: \(received.all)")
+        #expect(!received.all.contains("dropped"))
+        await publisher.disconnect()
+        await subscriber.disconnect()
+    }
+
+    // 5a. A client created before its broker exists connects once the broker appears.
+    @Test func connectWaitsForABrokerThatStartsLater() async throws {
+        let port = try LoopbackPort.allocate()
+        let client = try MQTTClient(configuration: testConfiguration(port: port, clientID: uniqueID("early")))
+        let events = EventRecorder(client)
+        let connecting = Task { try await client.connect(waitForBroker: true) }
+        #expect(await eventually { events.reconnectingCount >= 2 }, "events: \(events.events.all)")
+        #expect(!client.isConnected)
+
+        let broker = try FixedPortBroker(port: port)
+        defer { broker.stop() }
+        #expect(await broker.waitUntilListening())
+        try await connecting.value
+        #expect(client.isConnected)
+        try await client.publish(topic: "late/broker", payload: bytes("hello"), qos: .atLeastOnce)
+        await client.disconnect()
+    }
+
+    // 5b. Without waiting, a closed port fails within connectTimeout, naming the broker; attempts then stop.
+    @Test func connectWithoutWaitingFailsWithTheBrokerAddress() async throws {
+        let port = try LoopbackPort.allocate()
+        var configuration = testConfiguration(port: port, clientID: uniqueID("nobroker"))
+        configuration.connectTimeout = 1
+        let client = try MQTTClient(configuration: configuration)
+        let events = EventRecorder(client)
+        await #expect {
+            try await client.connect()
+        } throws: { error in
+            guard case let .connectTimeout(host, reportedPort, seconds) = error as? MQTTError else { return false }
+            return host == "127.0.0.1" && reportedPort == Int(port) && seconds == 1
+                && error.localizedDescription.isEmpty == false
+                && "\(error)".contains("127.0.0.1:\(port)")
+        }
+        // No background retrying after connect() gave up.
+        let attempts = events.reconnectingCount
+        try await Task.sleep(for: .seconds(1))
+        #expect(events.reconnectingCount == attempts)
+        #expect(!client.isConnected)
+    }
+
+    // 6. Broker restart: the events show disconnected then connected, and the subscription works again.
+    @Test func brokerRestartReconnectsAndResubscribes() async throws {
+        var brokerConfiguration = MosquittoConfiguration()
+        brokerConfiguration.persistence = false  // the restarted broker knows nothing: we must re-subscribe
+        let broker = try startBroker(brokerConfiguration)
+        defer { broker.stop() }
+        let subscriber = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("sub")))
+        let events = EventRecorder(subscriber)
+        let received = Collector<String>()
+        subscriber.setMessageHandler { message in
+            received.append(text(message.payload))
+            return .accept
+        }
+        try await subscriber.connect()
+        try await subscriber.subscribe(["restart/#"], qos: .atLeastOnce)
+        #expect(await eventually { events.connectedCount == 1 })
+
+        broker.stop()
+        try broker.startAgain()
+        #expect(await eventually { events.connectedCount >= 2 }, "events: \(events.events.all)")
+        let kinds = events.events.all.map { event -> String in
+            switch event {
+            case .connected: return "connected"
+            case .disconnected: return "disconnected"
+            case .reconnecting: return "reconnecting"
+            }
+        }
+        let firstDisconnect = try #require(kinds.firstIndex(of: "disconnected"), "events: \(kinds)")
+        #expect(kinds[firstDisconnect...].contains("connected"), "events: \(kinds)")
+        #expect(events.sessionPresentFlags.last == false)
+
+        let publisher = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("pub")))
+        try await publisher.connect()
+        // The re-subscribe races our publish on the broker: publish until one arrives.
+        let deadline = ContinuousClock.now + .seconds(30)
+        var attempt = 0
+        while received.count == 0 && ContinuousClock.now < deadline {
+            attempt += 1
+            try await publisher.publish(topic: "restart/x", payload: bytes("after-\(attempt)"), qos: .atLeastOnce)
+            _ = await eventually(timeout: 0.2) { received.count > 0 }
+        }
+        #expect(received.count > 0, "no message after the restart; events: \(events.events.all)")
+        await publisher.disconnect()
+        await subscriber.disconnect()
+    }
+
+    // 7. Back-pressure: with 5 unacknowledged publishes outstanding, the 6th waits, then fails.
+    @Test func sixthOutstandingPublishFailsWithLimitReached() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        var configuration = testConfiguration(port: broker.port, clientID: uniqueID("bounded"))
+        configuration.maxOutstandingPublishes = 5
+        configuration.publishTimeout = 1.5
+        let client = try MQTTClient(configuration: configuration)
+        try await client.connect()
+        broker.stop()
+        #expect(await eventually { !client.isConnected })
+
+        let firstFive = (1...5).map { index in
+            Task {
+                try await client.publish(topic: "bound/\(index)", payload: bytes("p\(index)"), qos: .atLeastOnce)
+            }
+        }
+        #expect(await eventually { client.outstandingPublishCount == 5 })
+        await #expect {
+            try await client.publish(topic: "bound/6", payload: bytes("p6"), qos: .atLeastOnce)
+        } throws: { error in
+            guard case let .outstandingLimitReached(limit, topic) = error as? MQTTError else { return false }
+            return limit == 5 && topic == "bound/6"
+        }
+        for task in firstFive {
+            await #expect {
+                try await task.value
+            } throws: { error in
+                if case .publishTimeout(_, 1.5) = error as? MQTTError { return true } else { return false }
+            }
+        }
+        // Timed-out messages are still queued in libmosquitto, so they keep their slots.
+        #expect(client.outstandingPublishCount == 5)
+        await client.disconnect()
+        #expect(client.outstandingPublishCount == 0)
+        await #expect {
+            try await client.publish(topic: "bound/7", payload: bytes("p7"), qos: .atLeastOnce)
+        } throws: { error in
+            if case .disconnectedByClient = error as? MQTTError { return true } else { return false }
+        }
+    }
+
+    // 9. Last will: published when the connection dies, not after a clean disconnect().
+    @Test func willIsPublishedWhenTheConnectionDiesButNotOnDisconnect() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let watcher = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("watcher")))
+        let received = Collector<String>()
+        watcher.setMessageHandler { message in
+            received.append("\(message.topic) \(text(message.payload))")
+            return .accept
+        }
+        try await watcher.connect()
+        try await watcher.subscribe(["wills/#", "sentinel"], qos: .atLeastOnce)
+
+        var dyingConfiguration = testConfiguration(port: broker.port, clientID: uniqueID("dying"))
+        dyingConfiguration.will = MQTTWill(topic: "wills/dying", payload: bytes("gone"), qos: .atLeastOnce)
+        let dying = try MQTTClient(configuration: dyingConfiguration)
+        // Killing the socket from inside: a rejected message shuts the connection down without DISCONNECT.
+        dying.setMessageHandler { _ in .reject }
+        try await dying.connect()
+        try await dying.subscribe(["kill/dying"], qos: .atLeastOnce)
+
+        var cleanConfiguration = testConfiguration(port: broker.port, clientID: uniqueID("clean"))
+        cleanConfiguration.will = MQTTWill(topic: "wills/clean", payload: bytes("gone"), qos: .atLeastOnce)
+        let clean = try MQTTClient(configuration: cleanConfiguration)
+        try await clean.connect()
+        await clean.disconnect()
+
+        try await watcher.publish(topic: "kill/dying", payload: bytes("die"), qos: .atLeastOnce)
+        #expect(await eventually { received.all.contains("wills/dying gone") }, "received: \(received.all)")
+        try await watcher.publish(topic: "sentinel", payload: bytes("end"), qos: .atLeastOnce)
+        #expect(await eventually { received.all.contains("sentinel end") })
+        #expect(!received.all.contains("wills/clean gone"), "received: \(received.all)")
+        await dying.disconnect()
+        await watcher.disconnect()
+    }
+
+    // Subscribe / unsubscribe round trip and the messages stream.
+    @Test func messagesStreamAndUnsubscribe() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let client = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("stream")))
+        try await client.connect()
+        let granted = try await client.subscribe(["s/a", "s/b"], qos: .atLeastOnce)
+        #expect(granted == [.atLeastOnce, .atLeastOnce])
+        try await client.publish(topic: "s/a", payload: bytes("one"), qos: .atLeastOnce, retain: false)
+        var iterator = client.messages.makeAsyncIterator()
+        let first = await iterator.next()
+        #expect(first?.topic == "s/a")
+        #expect(first.map { text($0.payload) } == "one")
+        #expect(first?.qos == .atLeastOnce)
+
+        try await client.unsubscribe(["s/a"])
+        try await client.publish(topic: "s/a", payload: bytes("ignored"), qos: .atLeastOnce)
+        try await client.publish(topic: "s/b", payload: bytes("two"), qos: .atLeastOnce)
+        let second = await iterator.next()
+        #expect(second.map { "\($0.topic) \(text($0.payload))" } == "s/b two")
+        await client.disconnect()
+        #expect(await iterator.next() == nil)  // finished by disconnect()
+    }
+}
+
