@@ -101,7 +101,8 @@ public enum LocalRedis {
             }
             let server = ServerProcess(
                 name: "redis-server", executable: binary, arguments: [configFile.path], port: port,
-                directory: directory, logFile: directory.appendingPathComponent("redis.log"))
+                directory: directory, logFile: directory.appendingPathComponent("redis.log"),
+                probe: (request: "PING\r\n", readyReply: "+PONG"))
             do {
                 try server.start()
                 return server

@@ -14,9 +14,13 @@ public final class ServerProcess: Sendable {
     private let executable: String
     private let arguments: [String]
     private let process: Mutex<Process?>
+    /// Sent after connecting; the server is ready when its reply starts with `readyReply`.
+    private let probe: (request: String, readyReply: String)?
 
-    init(name: String, executable: String, arguments: [String], port: UInt16, directory: URL, logFile: URL) {
+    init(name: String, executable: String, arguments: [String], port: UInt16, directory: URL, logFile: URL,
+         probe: (request: String, readyReply: String)? = nil) {
         self.name = name
+        self.probe = probe
         self.executable = executable
         self.arguments = arguments
         self.port = port
@@ -55,7 +59,12 @@ public final class ServerProcess: Sendable {
             if !child.isRunning {
                 throw .exitedEarly(name: name, status: child.terminationStatus, logTail: logTail())
             }
-            if LoopbackPort.isAcceptingConnections(port) { return }
+            if let probe {
+                // Redis accepts connections while it is still loading its AOF and answers LOADING until done.
+                if LoopbackPort.exchange(port, request: probe.request)?.hasPrefix(probe.readyReply) == true { return }
+            } else if LoopbackPort.isAcceptingConnections(port) {
+                return
+            }
             usleep(20_000)
         }
         kill()

@@ -68,7 +68,8 @@ final class EventApplier {
                 return try plan.run(on: connection)
             } catch let error {
                 switch error {
-                case .server(let message, let command):
+                case .server(let message, let command)
+                where !Self.transientServerErrors.contains(error.serverErrorCode ?? ""):
                     // Redis refused the write itself (e.g. a key of the wrong type): retrying cannot help, and the
                     // message must not block the ones behind it. Keep it as a dead letter with the reason.
                     let reason = "Redis rejected \(command): \(message)"
@@ -87,6 +88,10 @@ final class EventApplier {
             }
         }
     }
+
+    /// Error replies that go away by themselves (a restarting Redis loading its data, a busy script, a failover):
+    /// retried like a lost connection instead of dead-lettering a perfectly good event.
+    static let transientServerErrors: Set<String> = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY"]
 
     private func connection() throws(RedisError) -> RedisConnection {
         if let redis, !redis.isBroken { return redis }
