@@ -343,9 +343,15 @@ final class MQTTClientCore: Sendable {
                 "subscribing at QoS 2: libmosquitto acknowledges QoS 2 messages before the handler runs, so .reject cannot cause redelivery")
         }
         let granted = try await request(filters: filters, qos: qos)
+        return try Self.grantedQoS(filters: filters, codes: granted)
+    }
+
+    /// SUBACK codes → QoS per filter; a failure code (0x80, or a v5 reason ≥ 0x80) or a missing code throws
+    /// `.subscriptionRejected` for the first such filter.
+    static func grantedQoS(filters: [String], codes: [Int32]) throws(MQTTError) -> [MQTTQoS] {
         var result: [MQTTQoS] = []
         for (index, filter) in filters.enumerated() {
-            let code = index < granted.count ? granted[index] : 0x80
+            let code = index < codes.count ? codes[index] : 0x80
             guard let grantedQoS = MQTTQoS(rawValue: code) else { throw .subscriptionRejected(filter: filter) }
             result.append(grantedQoS)
         }

@@ -326,3 +326,107 @@ struct MQTTClientBrokerTests {
     }
 }
 
+
+@Suite("MQTT client edge cases", .serialized)
+struct MQTTClientEdgeCaseTests {
+    // A broker that accepts TCP but never answers CONNECT: each attempt is bounded by connectTimeout.
+    @Test func unansweredConnectTimesOutAndAttemptsAreBounded() async throws {
+        let listener = try SilentListener()
+        var configuration = testConfiguration(port: listener.port, clientID: uniqueID("silent"))
+        configuration.connectTimeout = 1
+        let client = try MQTTClient(configuration: configuration)
+        await #expect {
+            try await client.connect()
+        } throws: { error in
+            guard case let .connectTimeout(_, port, _) = error as? MQTTError else { return false }
+            return port == Int(listener.port)
+        }
+
+        // With waitForBroker the attempts go on (each one abandoned after connectTimeout) until cancelled.
+        let events = EventRecorder(client)
+        let waiting = Task { try await client.connect(waitForBroker: true) }
+        #expect(await eventually { events.reconnectingCount >= 2 }, "events: \(events.events.all)")
+        waiting.cancel()
+        await #expect {
+            try await waiting.value
+        } throws: { error in
+            if case .cancelled = error as? MQTTError { return true } else { return false }
+        }
+        #expect(!client.isConnected)
+    }
+
+    // MQTT v5 with a session expiry uses the blocking connect with properties; the session must survive.
+    @Test func v5DurableSessionWithExpirySurvivesReconnect() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let id = uniqueID("v5")
+        func v5Configuration() -> MQTTClientConfiguration {
+            var configuration = testConfiguration(port: broker.port, clientID: id, cleanSession: false)
+            configuration.protocolVersion = .v5
+            configuration.sessionExpiryInterval = 300
+            return configuration
+        }
+        let first = try MQTTClient(configuration: v5Configuration())
+        try await first.connect()
+        #expect(try await first.subscribe(["v5/#"], qos: .atLeastOnce) == [.atLeastOnce])
+        await first.disconnect()
+
+        let producer = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("producer")))
+        try await producer.connect()
+        try await producer.publish(topic: "v5/a", payload: bytes("kept"), qos: .atLeastOnce)
+
+        let second = try MQTTClient(configuration: v5Configuration())
+        let events = EventRecorder(second)
+        let received = Collector<String>()
+        second.setMessageHandler { message in
+            received.append(text(message.payload))
+            return .accept
+        }
+        try await second.connect()
+        #expect(await eventually { received.all == ["kept"] }, "received: \(received.all)")
+        #expect(await eventually { events.sessionPresentFlags == [true] }, "events: \(events.events.all)")
+        try await second.publish(topic: "v5/b", payload: bytes("own"), qos: .atLeastOnce)
+        #expect(await eventually { received.all.contains("own") })
+        await producer.disconnect()
+        await second.disconnect()
+    }
+
+    // Pins a broker fact: mosquitto 2.0.11 grants ACL-denied subscriptions (v3.1.1 and v5 alike) and then delivers
+    // nothing, so a wrong ACL shows up as silence, not as a SUBACK failure. Granted QoS are passed through as is.
+    @Test func aclDeniedSubscriptionIsGrantedByMosquitto2011() async throws {
+        let aclFile = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("acl-\(UUID().uuidString)")
+        try "topic readwrite allowed/#\n".write(to: aclFile, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(at: aclFile) }
+        var brokerConfiguration = MosquittoConfiguration()
+        brokerConfiguration.extraLines = ["acl_file \(aclFile.path)"]
+        let broker = try startBroker(brokerConfiguration)
+        defer { broker.stop() }
+        let client = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("acl")))
+        try await client.connect()
+        #expect(try await client.subscribe(["allowed/x", "denied/x"], qos: .atLeastOnce) == [.atLeastOnce, .atLeastOnce])
+        #expect(try await client.subscribe(["allowed/q0"], qos: .atMostOnce) == [.atMostOnce])
+        try await client.publish(topic: "allowed/x", payload: bytes("ok"), qos: .atLeastOnce)
+        var iterator = client.messages.makeAsyncIterator()
+        #expect(await iterator.next().map { text($0.payload) } == "ok")
+        await client.disconnect()
+    }
+
+    // Publishing before connect(): QoS 1 is queued by libmosquitto and delivered once connected.
+    @Test func qos1PublishedBeforeConnectIsDeliveredAfterConnect() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let subscriber = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("sub")))
+        try await subscriber.connect()
+        try await subscriber.subscribe(["early/#"], qos: .atLeastOnce)
+
+        let publisher = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("pub")))
+        let pending = Task { try await publisher.publish(topic: "early/x", payload: bytes("before"), qos: .atLeastOnce) }
+        #expect(await eventually { publisher.outstandingPublishCount == 1 })
+        try await publisher.connect()
+        try await pending.value
+        var iterator = subscriber.messages.makeAsyncIterator()
+        #expect(await iterator.next().map { text($0.payload) } == "before")
+        await publisher.disconnect()
+        await subscriber.disconnect()
+    }
+}

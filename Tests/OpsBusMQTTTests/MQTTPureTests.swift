@@ -135,6 +135,18 @@ struct MQTTErrorTests {
         #expect(MQTTError.publishRejected(reasonCode: 0x87, topic: "a/b").description.contains("not authorized"))
     }
 
+    @Test func subackFailureCodesBecomeSubscriptionRejected() throws {
+        #expect(try MQTTClientCore.grantedQoS(filters: ["a", "b"], codes: [1, 0]) == [.atLeastOnce, .atMostOnce])
+        for codes: [Int32] in [[1, 0x80], [1, 0x87], [1]] {
+            #expect {
+                try MQTTClientCore.grantedQoS(filters: ["a", "b"], codes: codes)
+            } throws: { error in
+                guard case let .subscriptionRejected(filter) = error as? MQTTError else { return false }
+                return filter == "b"
+            }
+        }
+    }
+
     @Test func connectTimeoutNamesTheBroker() {
         let error = MQTTError.connectTimeout(host: "::1", port: 1883, seconds: 2)
         #expect(error.description.contains("[::1]:1883"))

@@ -164,3 +164,33 @@ final class FixedPortBroker: Sendable {
 
     deinit { stop() }
 }
+
+/// A TCP listener on 127.0.0.1 that never accepts: the kernel completes the handshake, our CONNECT is never answered.
+/// Stands in for a hung broker (or a black hole after the TCP handshake) without root or netem.
+final class SilentListener: Sendable {
+    let port: UInt16
+    private let fd: Int32
+
+    init() throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = 0
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 16) == 0 else {
+            close(fd)
+            throw CocoaError(.featureUnsupported)
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
+        port = UInt16(bigEndian: address.sin_port)
+        self.fd = fd
+    }
+
+    deinit { close(fd) }
+}
