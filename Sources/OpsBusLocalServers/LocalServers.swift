@@ -102,7 +102,8 @@ public enum LocalRedis {
             let server = ServerProcess(
                 name: "redis-server", executable: binary, arguments: [configFile.path], port: port,
                 directory: directory, logFile: directory.appendingPathComponent("redis.log"),
-                probe: (request: "PING\r\n", readyReply: "+PONG"))
+                // NOAUTH: a password is set, and the server has loaded its data (else it would say LOADING).
+                probe: (request: "PING\r\n", readyReplies: ["+PONG", "-NOAUTH"]))
             do {
                 try server.start()
                 return server

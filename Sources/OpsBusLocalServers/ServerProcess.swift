@@ -14,11 +14,11 @@ public final class ServerProcess: Sendable {
     private let executable: String
     private let arguments: [String]
     private let process: Mutex<Process?>
-    /// Sent after connecting; the server is ready when its reply starts with `readyReply`.
-    private let probe: (request: String, readyReply: String)?
+    /// Sent after connecting; the server is ready when its reply starts with one of `readyReplies`.
+    private let probe: (request: String, readyReplies: [String])?
 
     init(name: String, executable: String, arguments: [String], port: UInt16, directory: URL, logFile: URL,
-         probe: (request: String, readyReply: String)? = nil) {
+         probe: (request: String, readyReplies: [String])? = nil) {
         self.name = name
         self.probe = probe
         self.executable = executable
@@ -61,7 +61,8 @@ public final class ServerProcess: Sendable {
             }
             if let probe {
                 // Redis accepts connections while it is still loading its AOF and answers LOADING until done.
-                if LoopbackPort.exchange(port, request: probe.request)?.hasPrefix(probe.readyReply) == true { return }
+                if let reply = LoopbackPort.exchange(port, request: probe.request),
+                   probe.readyReplies.contains(where: reply.hasPrefix) { return }
             } else if LoopbackPort.isAcceptingConnections(port) {
                 return
             }
