@@ -35,6 +35,7 @@ public final class MQTTClient: Sendable {
     ///   (`.cancelled`; background attempts then stop unless another `connect()` is waiting).
     /// * A permanent refusal (bad credentials, not authorised, unacceptable protocol, client id rejected, banned)
     ///   throws `.connectionRefused` at once in both modes; "server unavailable/busy" refusals are retried.
+    ///   Likewise TLS failures (e.g. certificate verification) throw `.library(code: 8 or 23, ...)` at once.
     /// After the first successful connect, a lost connection is re-established automatically, forever, until
     /// `disconnect()`. Calling `connect()` while connected returns at once.
     public func connect(waitForBroker: Bool = false) async throws(MQTTError) {

@@ -696,6 +696,7 @@ final class MQTTClientCore: Sendable {
                     phase = .connecting(since: .now)
                 } else {
                     let error = libraryError(rc, errno: osError, operation: "connect")
+                    if Self.isConfigurationFailure(rc) && refuseWaiters(error) { return }
                     phase = attemptFailed(error, failures: &failures)
                 }
 
@@ -715,6 +716,10 @@ final class MQTTClientCore: Sendable {
                     phase = attemptFailed(error, failures: &failures)
                 } else if rc != MOSQ_ERR_SUCCESS.rawValue {
                     let error = libraryError(rc, errno: osError, operation: "connect")
+                    if Self.isConfigurationFailure(rc) {
+                        logger.error("\(error)")
+                        if refuseWaiters(error) { return }
+                    }
                     phase = attemptFailed(error, failures: &failures)
                 } else if ContinuousClock.now - since > connectTimeout {
                     abortSocket()
@@ -777,6 +782,13 @@ final class MQTTClientCore: Sendable {
             s.lifecycle = .idle
             return true
         }
+    }
+
+    /// Failures that retrying cannot fix (certificate verification, TLS setup, unsupported options): like a permanent
+    /// CONNACK refusal, they end a first connect() at once instead of surfacing later as a timeout.
+    static func isConfigurationFailure(_ rc: Int32) -> Bool {
+        [MOSQ_ERR_TLS, MOSQ_ERR_TLS_HANDSHAKE, MOSQ_ERR_OCSP, MOSQ_ERR_NOT_SUPPORTED, MOSQ_ERR_INVAL]
+            .map(\.rawValue).contains(rc)
     }
 
     /// A permanent refusal before the first successful connect fails connect() and stops trying.

@@ -430,3 +430,111 @@ struct MQTTClientEdgeCaseTests {
         await subscriber.disconnect()
     }
 }
+
+@Suite("MQTT client authentication and TLS", .serialized)
+struct MQTTClientSecurityTests {
+    /// A broker that requires user "alice" with password "s3cret:@/".
+    func startAuthBroker() throws -> (ServerProcess, URL) {
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("mqtt-auth-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let passwordFile = directory.appendingPathComponent("passwd")
+        let tool = Process()
+        tool.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_passwd")
+        tool.arguments = ["-b", "-c", passwordFile.path, "alice", "s3cret:@/"]
+        try withTerminationSignalsUnblocked { try tool.run() }
+        tool.waitUntilExit()
+        var configuration = MosquittoConfiguration()
+        configuration.extraLines = ["allow_anonymous false", "password_file \(passwordFile.path)"]
+        return (try startBroker(configuration), directory)
+    }
+
+    @Test func badCredentialsAreRefusedAtOnceAndNotRetried() async throws {
+        let (broker, directory) = try startAuthBroker()
+        defer {
+            broker.stop()
+            try? FileManager.default.removeItem(at: directory)
+        }
+        for waitForBroker in [false, true] {
+            var configuration = testConfiguration(port: broker.port, clientID: uniqueID("intruder"))
+            configuration.endpoint = try MQTTEndpoint(url: "mqtt://alice:wrong@127.0.0.1:\(broker.port)")
+            let client = try MQTTClient(configuration: configuration)
+            let events = EventRecorder(client)
+            await #expect {
+                try await client.connect(waitForBroker: waitForBroker)
+            } throws: { error in
+                guard case let .connectionRefused(reason, context) = error as? MQTTError else { return false }
+                return (reason.code == 4 || reason.code == 5) && reason.isPermanent
+                    && context.contains("127.0.0.1:\(broker.port)") && !"\(error)".contains("wrong")
+            }
+            #expect(!client.isConnected)
+            try await Task.sleep(for: .milliseconds(500))
+            #expect(events.reconnectingCount == 0, "events: \(events.events.all)")
+        }
+    }
+
+    @Test func percentEncodedCredentialsLogIn() async throws {
+        let (broker, directory) = try startAuthBroker()
+        defer {
+            broker.stop()
+            try? FileManager.default.removeItem(at: directory)
+        }
+        var configuration = testConfiguration(port: broker.port, clientID: uniqueID("alice"))
+        configuration.endpoint = try MQTTEndpoint(url: "mqtt://alice:s3cret%3A%40%2F@127.0.0.1:\(broker.port)")
+        let client = try MQTTClient(configuration: configuration)
+        try await client.connect()
+        try await client.publish(topic: "auth/ok", payload: bytes("in"), qos: .atLeastOnce)
+        await client.disconnect()
+    }
+
+    @Test func tlsWithOwnCAConnectsAndUnverifiableCertificateFailsAtOnce() async throws {
+        let directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("mqtt-tls-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        let certificate = directory.appendingPathComponent("cert.pem")
+        let key = directory.appendingPathComponent("key.pem")
+        let openssl = Process()
+        openssl.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
+        openssl.arguments = [
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key.path, "-out", certificate.path, "-days", "1",
+            "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ]
+        openssl.standardOutput = FileHandle.nullDevice
+        openssl.standardError = FileHandle.nullDevice
+        try withTerminationSignalsUnblocked { try openssl.run() }
+        openssl.waitUntilExit()
+        try #require(openssl.terminationStatus == 0)
+
+        let tlsPort = try LoopbackPort.allocate()
+        var brokerConfiguration = MosquittoConfiguration()
+        brokerConfiguration.extraLines = [
+            "listener \(tlsPort) 127.0.0.1", "certfile \(certificate.path)", "keyfile \(key.path)",
+        ]
+        let broker = try startBroker(brokerConfiguration)
+        defer { broker.stop() }
+        #expect(await eventually { LoopbackPort.isAcceptingConnections(tlsPort) })
+
+        var configuration = testConfiguration(port: tlsPort, clientID: uniqueID("tls"))
+        configuration.endpoint = try MQTTEndpoint(url: "mqtts://127.0.0.1:\(tlsPort)")
+        configuration.tls = MQTTTLSConfiguration(caFile: certificate.path)
+        let client = try MQTTClient(configuration: configuration)
+        try await client.connect()
+        try await client.subscribe(["tls/#"], qos: .atLeastOnce)
+        try await client.publish(topic: "tls/x", payload: bytes("secret"), qos: .atLeastOnce)
+        var iterator = client.messages.makeAsyncIterator()
+        #expect(await iterator.next().map { text($0.payload) } == "secret")
+        await client.disconnect()
+
+        // The system CA store does not know our self-signed certificate: verification fails, no connection.
+        var untrusted = testConfiguration(port: tlsPort, clientID: uniqueID("untrusted"))
+        untrusted.endpoint = try MQTTEndpoint(url: "mqtts://127.0.0.1:\(tlsPort)")
+        untrusted.connectTimeout = 1
+        let untrustedClient = try MQTTClient(configuration: untrusted)
+        await #expect {
+            try await untrustedClient.connect(waitForBroker: true)  // not retried: a certificate problem is permanent
+        } throws: { error in
+            guard case let .library(code, _, context) = error as? MQTTError else { return false }
+            return code == 8 && context.contains("127.0.0.1:\(tlsPort)") && "\(error)".contains("TLS")
+        }
+        #expect(!untrustedClient.isConnected)
+    }
+}
