@@ -313,15 +313,20 @@ final class MQTTClientCore: Sendable {
                     if let stale = s.publishes[mid] {
                         // Only possible if 65536 message ids were used while this one stayed unacknowledged
                         // (QoS 0 publishes use ids too). Keep the bookkeeping consistent; the old entry is ambiguous.
+                        // Its fate is unknown, so never report it as delivered.
                         logger.warning("message id \(mid) reused while still unacknowledged (topic '\(stale.topic)')")
                         stale.timer?.cancel()
-                        stale.continuation?.resume(returning: .success(()))
+                        stale.continuation?.resume(returning: .failure(.publishTimeout(topic: stale.topic, seconds: timeout)))
                         releaseSlot(&s)
                     }
                     let timer = makeTimer(seconds: timeout) { [mid] core in
                         core.abandonPublish(mid: mid, token: token, error: .publishTimeout(topic: topic, seconds: timeout))
                     }
                     s.publishes[mid] = PendingPublish(continuation: continuation, topic: topic, token: token, timer: timer)
+                    if Task.isCancelled {  // cancelled before the entry existed: onCancel found nothing to cancel
+                        s.publishes[mid]?.continuation?.resume(returning: .failure(.cancelled(operation: operation)))
+                        s.publishes[mid]?.continuation = nil
+                    }
                 }
             }
         } onCancel: {
