@@ -105,7 +105,9 @@ public final class MQTTClient: Sendable {
         core.setHandler(nil)
     }
 
-    /// Connection state changes (keeps the newest 256 if nobody reads). Finishes after `disconnect()`.
+    /// Connection state changes (single consumer; keeps the newest 256 if nobody reads). Finishes after
+    /// `disconnect()`. A lost connection shows `.disconnected(error)`, then `.reconnecting(attempt:delay:)` per
+    /// scheduled attempt, then `.connected(sessionPresent:)`.
     public var connectionEvents: AsyncStream<MQTTConnectionEvent> { core.eventStream }
 
     public var isConnected: Bool { core.isConnected }
