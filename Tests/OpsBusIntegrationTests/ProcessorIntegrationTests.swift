@@ -164,6 +164,41 @@ struct ProcessorIntegrationTests {
         await processor.stop()
     }
 
+    @Test("a last will marks its own session offline, but never a newer live session")
+    func lastWillRespectsSessions() async throws {
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let context = PublisherContext(workerID: try Identifier(validating: "gpu-will"))
+        let oldSession = EventFactory(context: context)
+        let newSession = EventFactory(context: context)
+        let willFields: JSONObject = ["status": "offline", "reason": "connection lost (last will)", "last_will": true]
+        // Each will is built at connect time, before its session's other events.
+        let oldWill = try oldSession.prepare(.workerHealth, fields: willFields)
+        let oldBusy = try oldSession.prepare(.workerHealth, fields: ["status": "busy"])
+        try await Task.sleep(for: .milliseconds(20))
+        let newOnline = try newSession.prepare(.workerHealth, fields: ["status": "online"])
+        let raw = try MQTTClient(configuration: .init(endpoint: servers.mqttEndpoint, clientID: "will-pub"), logger: testLogger)
+        try await raw.connect()
+        func send(_ event: EventFactory.Prepared) async throws {
+            try await raw.publish(topic: event.topic, payload: event.envelope.encoded(), qos: .atLeastOnce)
+        }
+        func status() throws -> String? { try redis.command(["HGET", keys.worker("gpu-will"), "status"]).string }
+
+        try await send(oldBusy)
+        try await send(oldWill)  // the old session died: its own will applies despite its older timestamp
+        #expect(try await waitUntil { try status() == "offline" })
+        try await send(newOnline)
+        #expect(try await waitUntil { try status() == "online" })
+        try await send(oldWill)  // redelivered late: a duplicate, and from an older session anyway
+        var stale = oldWill
+        stale.envelope.eventID = EventID.make()  // the same old will re-published under a new id
+        try await send(stale)
+        #expect(try await waitUntil { try redis.command(["HGET", keys.stats, "events_received"]).int == 5 })
+        #expect(try status() == "online", "an old session's will must not mark the new session offline")
+        await raw.disconnect()
+        await processor.stop()
+    }
+
     @Test("events published while the processor is down are applied when it returns (persistent session)")
     func persistentSession() async throws {
         let redis = try servers.redisConnection()

@@ -142,8 +142,9 @@ public enum EventCatalog {
             FieldSpec("status", .string, required: true, doc: "One of online, busy, idle, degraded, offline.",
                       allowedValues: workerStatuses),
             FieldSpec("current_job", .string, doc: "Job the worker is running, if any."),
-            FieldSpec("session_counter", .int, doc: "Jobs run in this worker session."),
+            FieldSpec("session_counter", .int, doc: "The publisher's session number (grows with every connection, like Sparkplug's bdSeq)."),
             FieldSpec("reason", .string, doc: "Why the status changed."),
+            FieldSpec("last_will", .bool, doc: "True on the `offline` message the broker publishes as the connection's last will."),
         ])
         add(.workerHeartbeat, "Periodic liveness signal; each supersedes the previous one.", [
             FieldSpec("status", .string, doc: "One of online, busy, idle, degraded, offline.",
