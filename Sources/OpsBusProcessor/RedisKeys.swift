@@ -29,6 +29,10 @@ public struct RedisKeys: Sendable {
     public func entityIndex(_ kind: String) -> String { "\(prefix)\(kind)s" }
     /// Hash of counters: events received, applied, duplicates, dead-lettered, per type and reason.
     public var stats: String { "\(prefix)opsbus:stats" }
+    /// Hash of counters for one UTC minute (`minute` is minutes since the epoch): `events`, `type:<event_type>`,
+    /// `outcome:<outcome>`; expires after `minuteStatsRetention` seconds. Events per minute come from here.
+    public func statsMinute(_ minute: Int64) -> String { "\(prefix)opsbus:stats:minute:\(minute)" }
+    public static let minuteStatsRetention = 2 * 3600
     /// Stream of rejected messages with topic, payload (truncated), reason and time.
     public var deadLetters: String { "\(prefix)opsbus:deadletter" }
 }

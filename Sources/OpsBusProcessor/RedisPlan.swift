@@ -14,7 +14,7 @@ struct RedisPlan {
     let payload: [UInt8]
     let action: Action
     let eventType: String
-    let statsKey: String
+    let keys: RedisKeys
     /// The dead-letter reason, for dead-letter plans.
     let reason: String?
 
@@ -25,7 +25,7 @@ struct RedisPlan {
         self.payload = payload
         self.reason = reason.description
         self.eventType = "invalid"
-        self.statsKey = keys.stats
+        self.keys = keys
         let shown = payload.count > 4096 ? Array(payload.prefix(4096)) : payload
         let text = String(decoding: shown, as: UTF8.self)
         self.action = .deadLetter(entry: [
@@ -44,7 +44,7 @@ struct RedisPlan {
         self.payload = payload
         self.reason = nil
         self.eventType = envelope.eventType.rawValue
-        self.statsKey = keys.stats
+        self.keys = keys
         let ttl = String(configuration.dedupWindowSeconds)
         let fields = envelope.fields
 
@@ -96,11 +96,17 @@ struct RedisPlan {
         case .deadLettered: outcome = "dead_lettered"
         case .retryLater: outcome = "retry"
         }
+        let now = EventTimestamp.now()
+        let minuteKey = keys.statsMinute(now.millisecondsSinceEpoch / 60_000)
         _ = try redis.pipeline([
-            ["HINCRBY", statsKey, "events_received", "1"],
-            ["HINCRBY", statsKey, "type:\(eventType)", "1"],
-            ["HINCRBY", statsKey, "outcome:\(outcome)", "1"],
-            ["HSET", statsKey, "last_event_at", EventTimestamp.now().iso8601],
+            ["HINCRBY", keys.stats, "events_received", "1"],
+            ["HINCRBY", keys.stats, "type:\(eventType)", "1"],
+            ["HINCRBY", keys.stats, "outcome:\(outcome)", "1"],
+            ["HSET", keys.stats, "last_event_at", now.iso8601, "last_event_type", eventType],
+            ["HINCRBY", minuteKey, "events", "1"],
+            ["HINCRBY", minuteKey, "type:\(eventType)", "1"],
+            ["HINCRBY", minuteKey, "outcome:\(outcome)", "1"],
+            ["EXPIRE", minuteKey, String(RedisKeys.minuteStatsRetention)],
         ])
         return result
     }
