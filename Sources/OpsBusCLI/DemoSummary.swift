@@ -22,7 +22,8 @@ struct DemoSummary {
         let deadline = Date().addingTimeInterval(30)
         var summary = try read(redis, keys)
         while Date() < deadline {
-            let terminal = summary.statusCounts.filter { ["completed", "failed"].contains($0.0) }.reduce(0) { $0 + $1.1 }
+            let terminal = summary.statusCounts.filter { ["completed", "failed", "retry_scheduled", "dead_lettered"].contains($0.0) }
+                .reduce(0) { $0 + $1.1 }
             if terminal >= expectedTerminalJobs && summary.deadLetters > 0
                 && summary.workers.contains(where: { $0.1["status"] == "offline" }) { break }
             Thread.sleep(forTimeInterval: 0.2)
@@ -40,7 +41,7 @@ struct DemoSummary {
         let models = try modelIDs.map { id in (id, try redis.command(["HGETALL", keys.entity("model", id)]).hashDictionary()) }
         let deadLetters = Int(try redis.command(["XLEN", keys.deadLetters]).int ?? 0)
         var samples: [JobView] = []
-        for status in ["completed", "failed", "processing"] {
+        for status in ["completed", "retry_scheduled", "dead_lettered"] {
             if let id = try redis.command(["SRANDMEMBER", keys.jobsByStatus(status)]).string,
                let view = try JobView.load(id, keys: keys, redis: redis) {
                 samples.append(view)

@@ -17,8 +17,8 @@ public struct OpsBusCommand: AsyncParsableCommand {
             Topics, QoS and payloads: topics.md.
             """,
         subcommands: [
-            PublishCommand.self, TailCommand.self, ProcessorCommand.self, JobCommand.self, DemoCommand.self,
-            SimulateCommand.self,
+            PublishCommand.self, TailCommand.self, ProcessorCommand.self, JobCommand.self, JobsCommand.self,
+            WorkersCommand.self, HealthCommand.self, DemoCommand.self, SimulateCommand.self,
         ]
     )
 

@@ -21,6 +21,7 @@ public final class EventProcessor: Sendable {
     private let applier: Mutex<EventApplier>
     private let counterState = Mutex(ProcessorCounters())
     private let subscribed = Mutex(false)
+    private let notifications: NotificationSink?
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
         throws(ProcessorError)
@@ -40,6 +41,7 @@ public final class EventProcessor: Sendable {
             throw .mqtt(error)
         }
         applier = Mutex(EventApplier(configuration: configuration, logger: logger))
+        notifications = nil
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).
@@ -64,9 +66,18 @@ public final class EventProcessor: Sendable {
         logger.info(
             "processor running",
             metadata: ["filters": "\(configuration.subscriptionFilters)", "client_id": "\(configuration.clientID)"])
-        while !Task.isCancelled {
-            try? await Task.sleep(for: .milliseconds(200))
+        let relay = OutboxRelay(configuration: configuration, client: client, notifications: notifications, logger: logger)
+        let scheduled = ScheduledActions(configuration: configuration, logger: logger)
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask { await relay.run() }
+            group.addTask { await scheduled.run() }
+            group.addTask {
+                while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(200)) }
+            }
+            await group.waitForAll()
         }
+        // The handler stays set until the connection is closed: a message arriving meanwhile is still applied before
+        // its PUBACK (removing the handler first would route it to the hand-off stream, acknowledged but unapplied).
         await client.disconnect()
         logger.info("processor stopped", metadata: ["applied": "\(counters.applied)"])
     }

@@ -22,6 +22,25 @@ public struct ProcessorConfiguration: Sendable {
     /// for redelivery.
     public var redisRetryWindow: Double
     public var keepAlive: Int
+    /// `BUSINESS_LOGIC_AUTOMATION`: run the automated actions (worker busy/idle, resources, retries, dead letters,
+    /// patterns, triggers, failover). Off, the processor only records state.
+    public var automation: Bool = true
+    /// `MODEL_USAGE_TRACKING`: per-model usage statistics and the precache rule.
+    public var modelUsageTracking: Bool = true
+    /// `USER_NOTIFICATIONS_ENABLED`: queue webhook notifications for jobs that asked for one (`notify: true`).
+    public var userNotifications: Bool = true
+    /// Retry scheduling after a failure (delays per error type, attempts).
+    public var retryPolicy: RetryPolicy = RetryPolicy()
+    /// A worker that sends heartbeats and then goes silent this long is marked offline (and its jobs fail over).
+    public var heartbeatTimeout: Double = 90
+    /// Queue depth / capacity at or above which a `trigger.scaling` (scale up) is published once, and below
+    /// `queueLowWatermark` again a scale-down.
+    public var queueHighWatermark: Double = 0.8
+    public var queueLowWatermark: Double = 0.3
+    /// `EVENT_PROCESSING_BATCH_SIZE`: outbox entries relayed per round.
+    public var outboxBatchSize: Int = 100
+    /// Precache rule for models (the seed's thresholds).
+    public var precacheRule: PrecacheRule = PrecacheRule()
 
     public init(
         mqtt: MQTTEndpoint, redis: RedisEndpoint, scheme: TopicScheme = .unprefixed, keys: RedisKeys = RedisKeys(),

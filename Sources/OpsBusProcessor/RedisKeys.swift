@@ -19,8 +19,8 @@ public struct RedisKeys: Sendable {
     public func jobsByWorker(_ workerID: String) -> String { "\(prefix)jobs:worker:\(workerID)" }
     /// Hash with a worker's registry entry (`status`, `last_seen`, `current_job`, `machine_id` …).
     public func worker(_ id: String) -> String { "\(prefix)worker:{\(id)}" }
-    /// Set of every worker id ever seen.
-    public var workers: String { "\(prefix)workers" }
+    /// Sorted set of every worker id seen, scored by its last event time (ms).
+    public var workers: String { entityIndex("worker") }
     /// Hash with the current state of a queue, service or model (`kind` is `queue`, `service`, `model`).
     public func entity(_ kind: String, _ id: String) -> String { "\(prefix)\(kind):{\(id)}" }
     /// Set of event ids already applied to a non-job entity.
@@ -33,6 +33,21 @@ public struct RedisKeys: Sendable {
     /// `outcome:<outcome>`; expires after `minuteStatsRetention` seconds. Events per minute come from here.
     public func statsMinute(_ minute: Int64) -> String { "\(prefix)opsbus:stats:minute:\(minute)" }
     public static let minuteStatsRetention = 2 * 3600
+    /// Stream of actions recorded by the scripts and sent by `OutboxRelay` (MQTT triggers, webhook notifications).
+    public var outbox: String { "\(prefix)opsbus:outbox" }
+    /// Sorted set of scheduled retries, `<job_id>|<next attempt>` scored by due time (ms).
+    public var retries: String { "\(prefix)retries" }
+    /// Stream of jobs that failed for good (no retry recommended, or attempts exhausted), with the reason.
+    public var jobDeadLetters: String { "\(prefix)jobs:deadletter" }
+    /// Set of job ids a worker is running now (the failover list when it goes offline).
+    public func workerInflight(_ workerID: String) -> String { "\(prefix)worker:{\(workerID)}:inflight" }
+    /// Hash of a worker's current resource allocations, `job:<id>` → allocation JSON.
+    public func resources(_ workerID: String) -> String { "\(prefix)resources:{\(workerID)}" }
+    /// Hourly success/failure pattern counters (`hour` like `2026-11-29T01`).
+    public func successPatterns(_ hour: String) -> String { "\(prefix)patterns:success:\(hour)" }
+    public func failurePatterns(_ hour: String) -> String { "\(prefix)patterns:failure:\(hour)" }
+    /// Set of workers marked for investigation (high-resource-impact failures).
+    public var workersToInvestigate: String { "\(prefix)workers:investigate" }
     /// Stream of rejected messages with topic, payload (truncated), reason and time.
     public var deadLetters: String { "\(prefix)opsbus:deadletter" }
 }

@@ -58,6 +58,7 @@ struct RedisPlan {
                 fields["progress_percentage"]?.doubleValue.map { String($0) } ?? "",
                 envelope.timestamp.iso8601, String(decoding: payload, as: UTF8.self),
                 String(configuration.timelineLimit), jobID, ttl, worker,
+                JobActionContext.make(envelope, configuration: configuration).serialized(),
             ]
             arguments += Self.jobFields(envelope, worker: worker)
             action = .jobEvent(keys: jobKeys, arguments: arguments)
@@ -68,7 +69,8 @@ struct RedisPlan {
         let id = subject.rawValue
         let isLastWill = envelope.eventType == .workerHealth && envelope.fields["last_will"]?.boolValue == true
         var arguments = [envelope.eventID, String(envelope.timestamp.millisecondsSinceEpoch), ttl, id,
-                         String(state.count / 2), isLastWill ? envelope.sessionID : ""]
+                         String(state.count / 2), isLastWill ? envelope.sessionID : "",
+                         Self.entityContext(kind: kind, envelope, configuration: configuration).serialized()]
         arguments += state + counters
         action = .entityEvent(keys: [keys.entity(kind, id), keys.entitySeen(kind, id), keys.entityIndex(kind)],
                               arguments: arguments)
@@ -167,6 +169,36 @@ struct RedisPlan {
             break
         }
         return pairs
+    }
+
+    /// The facts the entity script's actions need (see `EntityEventScript`).
+    private static func entityContext(kind: String, _ envelope: EventEnvelope, configuration: ProcessorConfiguration)
+        -> JSONValue
+    {
+        let fields = envelope.fields
+        let status = envelope.eventType == .workerDeregistered ? "deregistered" : fields["status"]?.stringValue
+        var context: JSONObject = [
+            "prefix": .string(configuration.keys.prefix), "kind": .string(kind),
+            "automation": .bool(configuration.automation), "model_tracking": .bool(configuration.modelUsageTracking),
+        ]
+        if let status { context["status"] = .string(status) }
+        switch kind {
+        case "worker":
+            context["failover"] = .bool(status == "offline" || status == "deregistered")
+            context["reason"] = .string(fields["reason"]?.stringValue ?? (status ?? "offline"))
+        case "queue":
+            if let depth = fields["depth"]?.doubleValue { context["depth"] = .double(depth) }
+            if let capacity = fields["capacity"]?.doubleValue { context["capacity"] = .double(capacity) }
+            context["high_watermark"] = .double(configuration.queueHighWatermark)
+            context["low_watermark"] = .double(configuration.queueLowWatermark)
+        case "model":
+            context["precache_min_loads"] = .int(Int64(configuration.precacheRule.minLoads))
+            context["precache_min_average_ms"] = .double(configuration.precacheRule.minAverageLoadMs)
+            context["precache_max_hit_rate"] = .double(configuration.precacheRule.maxCacheHitRate)
+        default:
+            break
+        }
+        return .object(context)
     }
 
     /// Which entity hash a non-job event updates, with its state fields and counters.

@@ -17,9 +17,11 @@ final class RunningProcessor: Sendable {
     }
 
     /// Starts a processor and waits until it has subscribed (so nothing published afterwards can miss it).
-    static func start(_ servers: TestServers, clientID: String = "test-processor") async throws -> RunningProcessor {
-        let configuration = ProcessorConfiguration(
+    static func start(_ servers: TestServers, clientID: String = "test-processor",
+                      configure: (inout ProcessorConfiguration) -> Void = { _ in }) async throws -> RunningProcessor {
+        var configuration = ProcessorConfiguration(
             mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint, clientID: clientID, maxPayloadBytes: 4096)
+        configure(&configuration)
         let running = RunningProcessor(processor: try EventProcessor(configuration: configuration, logger: testLogger))
         try #require(try await waitUntil { running.processor.isSubscribed }, "processor did not subscribe")
         return running
@@ -69,7 +71,11 @@ struct ProcessorIntegrationTests {
         #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("completed"), "job-1"]).int == 1)
         #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("processing"), "job-1"]).int == 0)
         #expect(try redis.command(["LLEN", keys.jobTimeline("job-1")]).int == 4)
-        #expect(try await waitUntil { try redis.command(["HGET", keys.worker("gpu-1"), "status"]).string == "online" })
+        // Job-driven worker state: busy while the job ran, idle after it, with its resources released.
+        #expect(try redis.command(["HGET", keys.worker("gpu-1"), "status"]).string == "idle")
+        #expect(try redis.command(["HGET", keys.worker("gpu-1"), "current_job"]).isNull)
+        #expect(try redis.command(["SCARD", keys.workerInflight("gpu-1")]).int == 0)
+        #expect(try redis.command(["HLEN", keys.resources("gpu-1")]).int == 0)
         await publisher.disconnect()
         await processor.stop()
     }
@@ -110,16 +116,19 @@ struct ProcessorIntegrationTests {
         let first = try publisher.withJobContext("job-3", attempt: 1)
         try await first.started()
         try await first.failed(error: "Connection reset by peer")
-        #expect(try await waitUntil { try self.job("job-3", redis)["status"] == "failed" })
+        // A network failure is worth a retry: the processor schedules attempt 2 with backoff.
+        #expect(try await waitUntil { try self.job("job-3", redis)["status"] == "retry_scheduled" })
         #expect(try self.job("job-3", redis)["error_type"] == "network")
-        #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("failed"), "job-3"]).int == 1)
+        #expect(try self.job("job-3", redis)["next_attempt"] == "2")
+        #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("retry_scheduled"), "job-3"]).int == 1)
+        #expect(try redis.command(["ZSCORE", keys.retries, "job-3|2"]).string != nil)
         let second = try publisher.withJobContext("job-3", attempt: 2)
         try await second.started()
         #expect(try await waitUntil { try self.job("job-3", redis)["status"] == "processing" })
         let state = try self.job("job-3", redis)
         #expect(state["attempt"] == "2")
         #expect(state["error_type"] == nil, "the new attempt starts clean")
-        #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("failed"), "job-3"]).int == 0)
+        #expect(try redis.command(["SISMEMBER", keys.jobsByStatus("retry_scheduled"), "job-3"]).int == 0)
         await publisher.disconnect()
         await processor.stop()
     }

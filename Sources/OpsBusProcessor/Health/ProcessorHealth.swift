@@ -1,0 +1,184 @@
+import OpsBusCore
+import OpsBusRedis
+
+/// The processor's health checks: reads the counters the processor keeps in Redis into a `HealthReport`, and
+/// judges it (`verdict(for:)`, a pure function). Used by `opsbus health`; an HTTP endpoint can serve the same JSON.
+public enum ProcessorHealth {
+    /// Complete minutes read for the per-minute rates (the 15-minute average needs 15).
+    public static let recentMinutes = 15
+
+    /// Reads everything the report needs in a handful of pipelined round trips (no KEYS/SCAN).
+    /// - Parameter now: the time the report is made at; per-minute buckets and ages are relative to it.
+    /// - Throws: `InspectionError.redis` when Redis is unreachable or refuses a read.
+    public static func read(redis: RedisConnection, keys: RedisKeys, now: EventTimestamp = .now(),
+                            thresholds: HealthThresholds = HealthThresholds()) throws(InspectionError) -> HealthReport
+    {
+        var report = HealthReport(generatedAt: now, thresholds: thresholds)
+        let currentMinute = now.millisecondsSinceEpoch / 60_000
+        // Oldest complete minute first, then the current one.
+        let minutes = ((currentMinute - Int64(recentMinutes))...currentMinute).map { $0 }
+        var commands: [[String]] = [["HGETALL", keys.stats], ["XLEN", keys.deadLetters]]
+        commands += minutes.map { ["HMGET", keys.statsMinute($0), "events", "outcome:dead_lettered"] }
+        commands += JobIndex.statuses.map { ["SCARD", keys.jobsByStatus($0)] }
+        let replies = try chunkedPipeline(redis, commands, reading: "processor statistics")
+
+        let stats = replies[0].hashDictionary()
+        apply(stats: stats, to: &report)
+        report.deadLetters = replies[1].int ?? 0
+
+        var minuteCounts: [(events: Int64, deadLettered: Int64)] = []
+        for reply in replies[2..<(2 + minutes.count)] {
+            let values = reply.array ?? []
+            let events = values.first?.int ?? 0
+            let deadLettered = values.count > 1 ? values[1].int ?? 0 : 0
+            minuteCounts.append((events, deadLettered))
+        }
+        report.eventsPerRecentMinute = minuteCounts.dropLast().map(\.events)
+        report.eventsCurrentMinute = minuteCounts.last?.events ?? 0
+        report.recentEvents = minuteCounts.reduce(0) { $0 + $1.events }
+        report.recentDeadLettered = minuteCounts.reduce(0) { $0 + $1.deadLettered }
+
+        let jobCounts = replies[(2 + minutes.count)...].map { $0.int ?? 0 }
+        report.jobsByStatus = zip(JobIndex.statuses, jobCounts).map { (status: $0, count: $1) }
+
+        let workers = try WorkerRegistry.read(redis: redis, keys: keys, now: now, staleAfter: thresholds.staleAfterSeconds)
+        for worker in workers { report.workersByStatus[worker.status, default: 0] += 1 }
+        report.liveWorkers = workers.filter { WorkerRegistry.liveStatuses.contains($0.status) }.count
+        report.staleWorkers = workers.filter(\.isStale).count
+        return report
+    }
+
+    /// Fills the report from the `opsbus:stats` hash.
+    static func apply(stats: [String: String], to report: inout HealthReport) {
+        func count(_ field: String) -> Int64? { stats[field].flatMap(number) }
+        report.eventsTotal = count("events_received") ?? 0
+        report.lastEventAt = stats["last_event_at"].flatMap(EventTimestamp.init(iso8601:))
+        report.lastEventType = stats["last_event_type"]
+        for (field, value) in stats {
+            guard let value = number(value) else { continue }
+            if field.hasPrefix("type:") {
+                report.eventTypes[String(field.dropFirst(5))] = value
+            } else if field.hasPrefix("outcome:") {
+                report.outcomes[String(field.dropFirst(8))] = value
+            } else if field.hasPrefix("actions_") || field.hasPrefix("webhooks_") {
+                report.actionCounters[field] = value
+            }
+        }
+        let succeeded = count("actions_succeeded"), failed = count("actions_failed")
+        if succeeded != nil || failed != nil {
+            report.actions = SuccessCounts(succeeded: succeeded ?? 0, failed: failed ?? 0)
+        }
+        let delivered = count("webhooks_delivered"), failedAttempts = count("webhooks_failed_attempts")
+        if delivered != nil || failedAttempts != nil {
+            report.webhooks = SuccessCounts(succeeded: delivered ?? 0, failed: failedAttempts ?? 0)
+        }
+    }
+
+    /// Counters are written with HINCRBY (integers) or HINCRBYFLOAT ("3" or "2.5"); both read as whole numbers.
+    private static func number(_ text: String) -> Int64? {
+        if let value = Int64(text) { return value }
+        guard let value = Double(text), value.isFinite, abs(value) < 9e18 else { return nil }
+        return Int64(value)
+    }
+
+    /// Judges a report. Pure: the same report always gives the same verdict.
+    ///
+    /// - unhealthy: no event for `idleUnhealthySeconds` while workers claim to be online (the processor or the
+    ///   broker is likely down); dead-letter rate above `deadLetterRateUnhealthy`; action success rate below
+    ///   `actionSuccessUnhealthy`.
+    /// - degraded: no event for `idleDegradedSeconds` while workers are online; dead-letter rate above
+    ///   `deadLetterRateDegraded`; action success below `actionSuccessDegraded`; webhook delivery below
+    ///   `webhookSuccessDegraded`; workers that claim to be alive but are stale.
+    ///
+    /// Rates are judged over the recent window when it holds `minimumSample` events, else over all time when that
+    /// does; smaller samples are not judged. (Redis unreachable is unhealthy too, but then there is no report:
+    /// see `unreachableVerdict`.)
+    public static func verdict(for report: HealthReport) -> HealthVerdict {
+        let limits = report.thresholds
+        var unhealthy: [String] = []
+        var degraded: [String] = []
+        var notes: [String] = []
+
+        // Silence while workers claim to be online.
+        if report.liveWorkers > 0 {
+            let workers = report.liveWorkers == 1 ? "1 worker is" : "\(report.liveWorkers) workers are"
+            if let age = report.lastEventAgeSeconds {
+                let silence = "no events for \(describe(seconds: age)) while \(workers) online or busy"
+                if age >= limits.idleUnhealthySeconds {
+                    unhealthy.append(silence + " (is the processor running and connected to the broker?)")
+                } else if age >= limits.idleDegradedSeconds {
+                    degraded.append(silence)
+                }
+            } else {
+                unhealthy.append("no event was ever counted while \(workers) online or busy (processor statistics missing?)")
+            }
+        }
+        if report.lastEventAt == nil && report.eventsTotal == 0 { notes.append("no events yet") }
+
+        // Dead letters.
+        let sample = Int64(limits.minimumSample)
+        let deadLetterBasis: (dead: Int64, total: Int64, window: String)?
+        if report.recentEvents >= sample {
+            deadLetterBasis = (report.recentDeadLettered, report.recentEvents, "in the last \(recentMinutes) minutes")
+        } else if report.eventsTotal >= sample {
+            deadLetterBasis = (report.outcomes["dead_lettered"] ?? 0, report.eventsTotal, "of all events")
+        } else {
+            deadLetterBasis = nil
+        }
+        if let basis = deadLetterBasis, basis.total > 0 {
+            let rate = Double(basis.dead) / Double(basis.total)
+            let text = "\(percent(rate)) of events dead-lettered \(basis.window) (\(basis.dead) of \(basis.total))"
+            if rate > limits.deadLetterRateUnhealthy {
+                unhealthy.append(text)
+            } else if rate > limits.deadLetterRateDegraded {
+                degraded.append(text + ", above \(percent(limits.deadLetterRateDegraded))")
+            }
+        }
+
+        // Automated actions and webhooks.
+        if let actions = report.actions, let rate = actions.rate {
+            if actions.total >= sample {
+                let text = "action success rate \(percent(rate)) (\(actions.failed) of \(actions.total) failed)"
+                if rate < limits.actionSuccessUnhealthy {
+                    unhealthy.append(text)
+                } else if rate < limits.actionSuccessDegraded {
+                    degraded.append(text + ", below \(percent(limits.actionSuccessDegraded))")
+                }
+            }
+        } else {
+            notes.append("no actions yet")
+        }
+        if let webhooks = report.webhooks, let rate = webhooks.rate, webhooks.total >= sample,
+           rate < limits.webhookSuccessDegraded {
+            degraded.append("webhook delivery rate \(percent(rate)) (\(webhooks.failed) failed attempts of \(webhooks.total))")
+        }
+
+        // Workers that should be heartbeating but are not.
+        if report.staleWorkers > 0 {
+            let workers = report.staleWorkers == 1 ? "1 worker claims" : "\(report.staleWorkers) workers claim"
+            degraded.append("\(workers) to be online or busy but sent nothing for over \(describe(seconds: limits.staleAfterSeconds))")
+        }
+
+        let status: HealthStatus = !unhealthy.isEmpty ? .unhealthy : (!degraded.isEmpty ? .degraded : .healthy)
+        return HealthVerdict(status: status, reasons: unhealthy + degraded, notes: notes)
+    }
+
+    /// The verdict when Redis cannot be read at all: unhealthy, with the (password-masked) endpoint and the error.
+    public static func unreachableVerdict(endpoint: RedisEndpoint, error: InspectionError) -> HealthVerdict {
+        HealthVerdict(status: .unhealthy, reasons: ["Redis unreachable at \(endpoint): \(error)"])
+    }
+
+    /// `42 s`, `5 min`, `2 h 5 min`, `3 d 4 h`: durations for reasons and ages.
+    public static func describe(seconds: Double) -> String {
+        let total = Int(max(0, seconds).rounded())
+        if total < 60 { return "\(total) s" }
+        if total < 3600 { return "\(total / 60) min" }
+        if total < 86_400 { return "\(total / 3600) h \(total % 3600 / 60) min" }
+        return "\(total / 86_400) d \(total % 86_400 / 3600) h"
+    }
+
+    private static func percent(_ rate: Double) -> String {
+        let value = (rate * 1000).rounded() / 10
+        return value == value.rounded() ? "\(Int(value)) %" : "\(value) %"
+    }
+}

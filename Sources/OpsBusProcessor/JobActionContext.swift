@@ -1,0 +1,76 @@
+import OpsBusCore
+
+/// The facts the job script's automated actions need, decided in Swift before the script runs (see
+/// `JobEventScript`): feature flags, the figures of a completion, and for a failure the retry decision.
+///
+/// The retry decision is made here, not in Lua, because it uses the shared rules (`FailureAnalysis`,
+/// `RetryPolicy`) and randomness (jitter); the script only applies it if this event really is the attempt's failure.
+enum JobActionContext {
+    static func make(_ envelope: EventEnvelope, configuration: ProcessorConfiguration,
+                     now: EventTimestamp = .now(), random: Double = Double.random(in: 0..<1)) -> JSONValue {
+        let fields = envelope.fields
+        var context: JSONObject = [
+            "prefix": .string(configuration.keys.prefix),
+            "automation": .bool(configuration.automation),
+            "model_tracking": .bool(configuration.modelUsageTracking),
+            "notifications": .bool(configuration.userNotifications),
+            "ts_ms": .int(envelope.timestamp.millisecondsSinceEpoch),
+            "hour": .string(String(envelope.timestamp.iso8601.prefix(13))),  // 2026-11-29T01, the pattern bucket
+        ]
+        func copy(_ field: String, as name: String? = nil) {
+            if let value = fields[field], value != .null { context[name ?? field] = value }
+        }
+        if let serviceType = envelope.serviceType { context["service_type"] = .string(serviceType) }
+        switch envelope.eventType {
+        case .jobStarted:
+            if let allocation = fields["resource_allocation"], case .object = allocation {
+                context["resource_allocation"] = .string(allocation.serialized())
+            }
+        case .jobCompleted:
+            for field in ["processing_time", "cost_estimate", "resource_efficiency", "model", "model_cache_hit",
+                          "output_urls"] { copy(field) }
+        case .jobFailed:
+            copy("error_type")
+            copy("resource_impact")
+            copy("error", as: "error_message")
+            let decision = retryDecision(envelope, policy: configuration.retryPolicy, now: now, random: random)
+            if let due = decision.due {
+                context["retry_due_ms"] = .int(due.millisecondsSinceEpoch)
+                context["retry_due_at"] = .string(due.iso8601)
+                context["next_attempt"] = .int(Int64((envelope.attempt ?? 1) + 1))
+            }
+            context["retry_reason"] = .string(decision.reason)
+        default:
+            break
+        }
+        return .object(context)
+    }
+
+    /// When to retry a failed attempt, or why not.
+    struct RetryDecision: Equatable {
+        var due: EventTimestamp?
+        var reason: String
+    }
+
+    static func retryDecision(_ envelope: EventEnvelope, policy: RetryPolicy, now: EventTimestamp, random: Double)
+        -> RetryDecision
+    {
+        let fields = envelope.fields
+        let declared = fields["error_type"]?.stringValue
+        let failureType = declared.flatMap(FailureType.init(rawValue:))
+            ?? FailureClassifier().type(message: fields["error"]?.stringValue ?? "", declaredType: declared)
+        var analysis = FailureAnalysis(errorType: failureType)
+        if let recommended = fields["retry_recommended"]?.boolValue { analysis.retryRecommended = recommended }
+        let attempt = envelope.attempt ?? 1
+        guard analysis.retryRecommended else {
+            return RetryDecision(due: nil, reason: "retry not recommended for \(failureType.rawValue)")
+        }
+        guard policy.shouldRetry(analysis: analysis, attempt: attempt) else {
+            let limit = min(policy.maxAttempts, analysis.maxAttempts)
+            return RetryDecision(due: nil, reason: "attempts exhausted (\(attempt) of \(limit)) for \(failureType.rawValue)")
+        }
+        let seconds = policy.delay(forAttempt: attempt, failureType: failureType, random: random)
+        let due = EventTimestamp(millisecondsSinceEpoch: now.millisecondsSinceEpoch + Int64(seconds * 1000))
+        return RetryDecision(due: due, reason: "retry \(attempt + 1) in \(Int(seconds.rounded())) s after \(failureType.rawValue)")
+    }
+}

@@ -1,0 +1,141 @@
+import Foundation
+import OpsBusCore
+import OpsBusMQTT
+import OpsBusProcessor
+import OpsBusPublisher
+import OpsBusRedis
+import Testing
+
+/// The processor's automated actions (issue 3): retries, dead letters, failover, precache, scaling and failover
+/// triggers, notifications. Triggers are checked where an operator would see them: on the broker.
+@Suite("Processor automated actions")
+struct ProcessorActionsTests {
+    let servers: TestServers
+    let keys = RedisKeys()
+    init() throws { servers = try TestServers() }
+
+    func publisher(worker: String) async throws -> EventPublisher {
+        let context = PublisherContext(workerID: try Identifier(validating: worker), serviceType: "comfyui")
+        return try await EventPublisher.connect(endpoint: servers.mqttEndpoint, context: context, logger: testLogger)
+    }
+
+    func job(_ id: String, _ redis: RedisConnection) throws -> [String: String] {
+        try redis.command(["HGETALL", keys.job(id)]).hashDictionary()
+    }
+
+    @Test("a retryable failure is scheduled, and a trigger.retry is published when due")
+    func retryIsScheduledAndTriggered() async throws {
+        let sub = try await MosquittoSub(port: servers.broker.port, filters: ["triggers/retry/+"])
+        let processor = try await RunningProcessor.start(servers) { configuration in
+            configuration.retryPolicy = RetryPolicy(baseDelay: 0.2, maxDelay: 1, jitter: 0, maxAttempts: 3)
+        }
+        let redis = try servers.redisConnection()
+        let publisher = try await publisher(worker: "gpu-r")
+        let job = try publisher.withJobContext("job-r", attempt: 1)
+        try await job.started()
+        try await job.failed(error: "Timed out after 300 s waiting for the sampler")
+        #expect(try await waitUntil { try self.job("job-r", redis)["status"] == "retry_scheduled" })
+        let messages = try await sub.waitForMessages(1)
+        sub.stop()
+        try #require(messages.count == 1, "\(messages)")
+        #expect(messages[0].topic == "triggers/retry/job-r")
+        let trigger = try EventEnvelope.decode(Array(messages[0].payload.utf8))
+        #expect(trigger.jobID?.rawValue == "job-r")
+        #expect(trigger.attempt == 2)
+        #expect(trigger.fields["details"]?.objectValue?["attempt"]?.intValue == 2)
+        #expect(try redis.command(["ZCARD", keys.retries]).int == 0, "the due retry was claimed")
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
+    @Test("a failure not worth retrying, or the last attempt, is dead-lettered with the reason")
+    func nonRetryableFailureIsDeadLettered() async throws {
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let publisher = try await publisher(worker: "gpu-d")
+        try await publisher.withJobContext("job-invalid").failed(error: "Invalid prompt: schema validation failed")
+        try await publisher.withJobContext("job-last", attempt: 3).failed(error: "Connection reset by peer")
+        #expect(try await waitUntil { try self.job("job-last", redis)["status"] == "dead_lettered" })
+        #expect(try await waitUntil { try self.job("job-invalid", redis)["status"] == "dead_lettered" })
+        #expect(try self.job("job-invalid", redis)["dead_letter_reason"]?.contains("not recommended for validation") == true)
+        #expect(try self.job("job-last", redis)["dead_letter_reason"]?.contains("attempts exhausted") == true)
+        let entries = try redis.command(["XRANGE", keys.jobDeadLetters, "-", "+"]).array ?? []
+        #expect(entries.count == 2)
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
+    @Test("a worker's last will fails its in-flight job over as worker_lost, which is then retried")
+    func lastWillFailsOver() async throws {
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let simulator = try ChildProcess(try opsbusExecutable(), [
+            "simulate", "--workers", "1", "--jobs", "3", "--worker-prefix", "dying", "--die-during-job", "2",
+            "--job-prefix", "fo", "--mqtt-url", servers.mqttURL,
+        ])
+        _ = try await simulator.wait(timeout: 60)
+        // job fo-1-2 was running when the worker died.
+        #expect(try await waitUntil(timeout: 30) { try self.job("fo-1-2", redis)["status"] == "retry_scheduled" })
+        let state = try self.job("fo-1-2", redis)
+        #expect(state["error_type"] == "worker_lost", "\(state)")
+        #expect(try redis.command(["HGET", keys.worker("dying-1"), "status"]).string == "offline")
+        #expect(try redis.command(["SCARD", keys.workerInflight("dying-1")]).int == 0)
+        #expect(try self.job("fo-1-1", redis)["status"] == "completed", "finished jobs are not failed over")
+        await processor.stop()
+    }
+
+    @Test("slow, rarely cached model loads publish one precache trigger, not one per event")
+    func precacheTriggerOnce() async throws {
+        let sub = try await MosquittoSub(port: servers.broker.port, filters: ["triggers/precache/+"])
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let publisher = try await publisher(worker: "gpu-m")
+        for index in 0..<14 {
+            try await publisher.modelLoaded(model: "flux-dev", loadTimeMs: 42_000, cacheHit: index % 5 == 0)
+        }
+        #expect(try await waitUntil { try redis.command(["HGET", keys.entity("model", "flux-dev"), "loads"]).int == 14 })
+        let messages = try await sub.waitForMessages(1)
+        try await Task.sleep(for: .milliseconds(500))
+        sub.stop()
+        #expect(sub.messages.count == 1, "\(sub.messages)")
+        #expect(messages.first?.topic == "triggers/precache/flux-dev")
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
+    @Test("queue thresholds publish scale up/down; an unhealthy service publishes failover, then recovery")
+    func queueAndServiceTriggers() async throws {
+        let sub = try await MosquittoSub(port: servers.broker.port, filters: ["triggers/scaling/+", "triggers/failover/+"])
+        let processor = try await RunningProcessor.start(servers)
+        let publisher = try await publisher(worker: "gpu-q")
+        for depth in [10, 85, 90, 20, 5] {
+            try await publisher.queueState(queue: "sdxl-queue", depth: depth, capacity: 100)
+        }
+        for status in ["healthy", "unhealthy", "unhealthy", "healthy"] {
+            try await publisher.serviceHealth(service: "comfyui-api", status: status)
+        }
+        let messages = try await sub.waitForMessages(4)
+        try await Task.sleep(for: .milliseconds(500))
+        sub.stop()
+        let reasons = try sub.messages.map { message in
+            (message.topic, try EventEnvelope.decode(Array(message.payload.utf8)).fields["reason"]?.stringValue ?? "")
+        }
+        #expect(messages.count >= 4)
+        #expect(reasons.filter { $0.0 == "triggers/scaling/sdxl-queue" }.map(\.1) == ["scale_up", "scale_down"])
+        #expect(reasons.filter { $0.0 == "triggers/failover/comfyui-api" }.map(\.1) == ["unhealthy", "recovered"])
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
+    @Test("with automation off, the processor only records state")
+    func automationOff() async throws {
+        let processor = try await RunningProcessor.start(servers) { $0.automation = false }
+        let redis = try servers.redisConnection()
+        let publisher = try await publisher(worker: "gpu-off")
+        try await publisher.withJobContext("job-off").failed(error: "Connection reset by peer")
+        #expect(try await waitUntil { try self.job("job-off", redis)["status"] == "failed" })
+        #expect(try redis.command(["ZCARD", keys.retries]).int == 0)
+        await publisher.disconnect()
+        await processor.stop()
+    }
+}
