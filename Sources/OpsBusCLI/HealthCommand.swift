@@ -72,26 +72,23 @@ struct HealthCommand: AsyncParsableCommand {
         let style = TextStyle(enabled: !noColour && TextStyle.stdoutIsTerminal)
         let report: HealthReport
         do {
-            let redis: RedisConnection
-            do {
-                redis = try RedisConnection(endpoint: endpoint, connectTimeout: 5, commandTimeout: 10, logger: logger)
-            } catch {
-                throw InspectionError.redis(error, reading: "processor statistics")
-            }
+            let redis = try RedisConnection(endpoint: endpoint, connectTimeout: 5, commandTimeout: 10, logger: logger)
             report = try ProcessorHealth.read(redis: redis, keys: RedisKeys(), now: .now(), thresholds: thresholds)
-        } catch let error as InspectionError {
-            // Unreachable is itself a verdict: say so on stdout (monitors parse it) and explain on stderr.
-            let verdict = ProcessorHealth.unreachableVerdict(endpoint: endpoint, error: error)
+        } catch {
+            let redisError = (error as? RedisError) ?? (error as? InspectionError)?.redisError
+            guard let redisError else { throw CLIError("\(error)") }
+            // Unreadable Redis is itself a verdict: say so on stdout (monitors parse it) and explain on stderr.
+            let verdict = ProcessorHealth.unreachableVerdict(endpoint: endpoint, error: redisError)
             if json {
                 output(JSONValue.object([
                     "verdict": .string(verdict.status.rawValue), "reasons": .array(verdict.reasons.map(JSONValue.string)),
                     "notes": [], "redis": .string("\(endpoint)"), "generated_at": .string(EventTimestamp.now().iso8601),
                 ]).serialized())
             } else {
-                output(style.paint("UNHEALTHY", .red))
+                output(style.paint("UNHEALTHY", .red) + verdict.reasons.map { "\n  - " + $0 }.joined())
             }
             FileHandle.standardError.write(Data(
-                "Error: \(InspectionConnection.unreachableMessage(endpoint: endpoint, error: "\(error)"))\n".utf8))
+                "Error: \(InspectionConnection.message(endpoint: endpoint, error: redisError))\n".utf8))
             throw ExitCode(verdict.status.exitCode)
         }
         output(json ? report.json().serialized() : Self.text(report, style: style))

@@ -96,19 +96,20 @@ enum InspectionConnection {
         do {
             return try RedisConnection(endpoint: endpoint, connectTimeout: 5, commandTimeout: 10, logger: logger)
         } catch {
-            throw CLIError(unreachableMessage(endpoint: endpoint, error: "\(error)"))
+            throw CLIError(message(endpoint: endpoint, error: error))
         }
     }
 
-    static func unreachableMessage(endpoint: RedisEndpoint, error: String) -> String {
-        "Redis unreachable at \(endpoint) (set --redis-url or REDIS_URL): \(error)"
+    /// `Redis unreachable at <masked URL>: <reason> (…)`: what to fix and where.
+    static func message(endpoint: RedisEndpoint, error: RedisError) -> String {
+        let reason = ProcessorHealth.unreachableReason(endpoint: endpoint, error: error)
+        return error.isConnectionFailure ? reason + " (check --redis-url / REDIS_URL and that Redis runs)" : reason
     }
 
-    /// A read that failed half-way: a broken connection reads as "unreachable", anything else as it is.
+    /// A read that failed half-way.
     static func failure(_ error: InspectionError, endpoint: RedisEndpoint) -> CLIError {
-        error.isConnectionFailure
-            ? CLIError(unreachableMessage(endpoint: endpoint, error: "\(error)"))
-            : CLIError("\(error) (Redis at \(endpoint))")
+        guard let redisError = error.redisError else { return CLIError("\(error)") }
+        return CLIError(message(endpoint: endpoint, error: redisError))
     }
 }
 

@@ -18,8 +18,13 @@ public enum InspectionError: Error, CustomStringConvertible, Sendable, Equatable
 
     /// True when Redis itself is unreachable or broke mid-read (as opposed to an error reply or a bad query).
     public var isConnectionFailure: Bool {
-        if case let .redis(error, _) = self { return error.isConnectionFailure || error == .closed }
-        return false
+        redisError.map { $0.isConnectionFailure || $0 == .closed } ?? false
+    }
+
+    /// The underlying Redis error, if any.
+    public var redisError: RedisError? {
+        if case let .redis(error, _) = self { return error }
+        return nil
     }
 }
 

@@ -92,7 +92,7 @@ public enum ProcessorHealth {
     ///
     /// Rates are judged over the recent window when it holds `minimumSample` events, else over all time when that
     /// does; smaller samples are not judged. (Redis unreachable is unhealthy too, but then there is no report:
-    /// see `unreachableVerdict`.)
+    /// see `unreachableVerdict(endpoint:error:)`.)
     public static func verdict(for report: HealthReport) -> HealthVerdict {
         let limits = report.thresholds
         var unhealthy: [String] = []
@@ -164,8 +164,22 @@ public enum ProcessorHealth {
     }
 
     /// The verdict when Redis cannot be read at all: unhealthy, with the (password-masked) endpoint and the error.
-    public static func unreachableVerdict(endpoint: RedisEndpoint, error: InspectionError) -> HealthVerdict {
-        HealthVerdict(status: .unhealthy, reasons: ["Redis unreachable at \(endpoint): \(error)"])
+    public static func unreachableVerdict(endpoint: RedisEndpoint, error: RedisError) -> HealthVerdict {
+        HealthVerdict(status: .unhealthy, reasons: [unreachableReason(endpoint: endpoint, error: error)])
+    }
+
+    /// `Redis unreachable at redis://:***@host:6379/0: Connection refused` (no endpoint repeated twice), or, for a
+    /// Redis that answers but refuses the reads, `cannot read Redis at …: <error>`.
+    public static func unreachableReason(endpoint: RedisEndpoint, error: RedisError) -> String {
+        switch error {
+        case let .connectFailed(_, reason):
+            return "Redis unreachable at \(endpoint): \(reason)"
+        case let .authenticationFailed(_, reason):
+            return "Redis refused the credentials at \(endpoint): \(reason)"
+        default:
+            return error.isConnectionFailure || error == .closed
+                ? "Redis unreachable at \(endpoint): \(error)" : "cannot read Redis at \(endpoint): \(error)"
+        }
     }
 
     /// `42 s`, `5 min`, `2 h 5 min`, `3 d 4 h`: durations for reasons and ages.
