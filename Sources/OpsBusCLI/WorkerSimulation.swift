@@ -71,7 +71,7 @@ struct WorkerSimulation: Sendable {
             }
             if failEvery > 0 && (index + 1) % failEvery == 0 {
                 // Workers fail differently, so the demo shows retries and dead letters side by side.
-                let spread = workerID.utf8.reduce(0) { $0 + Int($1) }
+                let spread = workerID.last?.wholeNumberValue ?? 0
                 let (message, declared) = Self.failures[(index / failEvery + spread) % Self.failures.count]
                 try await job.failed(error: message, declaredType: declared, durationBeforeFailure: 6.2)
                 report.failed.append(jobID)

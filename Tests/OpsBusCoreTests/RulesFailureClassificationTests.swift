@@ -19,6 +19,10 @@ private let realWorldMessages: [(String, FailureType)] = [
     ("terminate called after throwing an instance of 'std::bad_alloc'", .outOfMemory),
     ("Process exited with exit code 137", .outOfMemory),
     ("GPU OOM while loading llama-70b", .outOfMemory),
+    // model missing, worded as most loaders word it
+    ("Model checkpoint 'sdxl-refiner-1.0' not found in /models/checkpoints", .modelMissing),
+    ("LoRA file pixel-art.safetensors is missing", .modelMissing),
+    ("FileNotFoundError: VAE weights at /models/vae/ae.sft does not exist", .modelMissing),
     // network
     ("dial tcp 10.0.0.5:1883: connect: connection refused", .network),
     ("ConnectionResetError: [Errno 104] Connection reset by peer", .network),

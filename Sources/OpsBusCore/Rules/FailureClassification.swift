@@ -243,9 +243,18 @@ public struct FailureClassifier: Sendable {
                               "unsupported", "must be", "missing required", "is required")),
     ]
 
+    /// A model file named first and its absence said later ("Model checkpoint 'x' not found in /models") is the
+    /// commonest wording of a missing model, and no fixed phrase covers it.
+    private static let modelNouns = ["model", "checkpoint", "lora", "weights", "safetensors", "vae"]
+    private static let absencePhrases = ["not found", "missing", "does not exist", "no such file"]
+
     static func typeFromMessage(_ message: String) -> FailureType {
         let text = message.lowercased()
         guard !text.isEmpty else { return .unknown }
+        if let noun = modelNouns.compactMap({ text.firstRange(of: $0) }).min(by: { $0.lowerBound < $1.lowerBound }),
+           absencePhrases.contains(where: { text[noun.upperBound...].contains($0) }) {
+            return .modelMissing
+        }
         for (type, patterns) in messageRules where patterns.contains(where: { matches($0, in: text) }) {
             return type
         }
