@@ -25,7 +25,7 @@ struct HealthCommand: AsyncParsableCommand {
     @Flag(help: "Print one JSON document (verdict, reasons, events, actions, webhooks, dead_letters, jobs, workers).")
     var json = false
 
-    @Option(help: "Seconds of silence after which an online/busy worker counts as stale.")
+    @Option(help: "Seconds of silence after which a worker that claims to be up counts as stale.")
     var staleAfter: Double = 60
 
     @Option(help: "Seconds without any event, while workers are online, after which the verdict is degraded.")

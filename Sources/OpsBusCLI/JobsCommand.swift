@@ -195,7 +195,9 @@ struct TextTable {
                 let padding = isLast ? "" : String(repeating: " ", count: max(0, widths[index] - cell.text.count))
                 parts.append(style.paint(cell.text, cell.tint) + padding)
             }
-            return parts.joined(separator: "  ")
+            var text = parts.joined(separator: "  ")
+            while text.hasSuffix(" ") { text.removeLast() }  // empty last cells leave no trailing blanks
+            return text
         }
         return ([line(header.map { Cell($0, .bold) })] + rows.map(line)).joined(separator: "\n")
     }

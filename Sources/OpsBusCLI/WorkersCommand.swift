@@ -10,7 +10,7 @@ struct WorkersCommand: AsyncParsableCommand {
         abstract: "List the worker registry: status, current job, machine, last seen, reason.",
         discussion: """
             Reads the `workers` sorted set and each worker:{<id>} hash as the processor writes them; most recently \
-            seen first. A worker that claims to be online or busy but sent nothing for longer than --stale-after \
+            seen first. A worker that claims to be up (online, busy, idle, degraded) but sent nothing for longer than --stale-after \
             seconds is marked STALE: it probably died without its last will reaching the broker.
             Examples:
               opsbus workers                     the registry as a table
@@ -18,7 +18,7 @@ struct WorkersCommand: AsyncParsableCommand {
               opsbus workers --json              for jq: {stale_after_seconds, workers: [...]}
             """)
 
-    @Option(help: "Seconds of silence after which an online/busy worker is marked stale.")
+    @Option(help: "Seconds of silence after which a worker that claims to be up is marked stale.")
     var staleAfter: Double = 60
 
     @Flag(help: "Print one JSON document {stale_after_seconds, count, stale, workers} instead of a table.")

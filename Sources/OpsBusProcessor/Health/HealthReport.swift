@@ -17,7 +17,7 @@ public struct HealthThresholds: Sendable, Hashable {
     public var webhookSuccessDegraded: Double
     /// Rates are judged only over at least this many events/actions, so one bad message out of three is no alarm.
     public var minimumSample: Int
-    /// A worker claiming `online`/`busy` but silent for longer than this is stale (seconds).
+    /// A worker claiming to be up (`online`, `busy`, `idle`, `degraded`) but silent for longer than this is stale (seconds).
     public var staleAfterSeconds: Double
 
     public init(
@@ -124,7 +124,7 @@ public struct HealthReport: Sendable {
     public var jobsByStatus: [(status: String, count: Int64)] = []
     /// Workers per registry status.
     public var workersByStatus: [String: Int] = [:]
-    /// Workers claiming `online`/`busy`, and how many of them are stale.
+    /// Workers claiming to be up (`WorkerRegistry.liveStatuses`), and how many of them are stale.
     public var liveWorkers: Int = 0
     public var staleWorkers: Int = 0
 

@@ -101,16 +101,16 @@ public enum ProcessorHealth {
 
         // Silence while workers claim to be online.
         if report.liveWorkers > 0 {
-            let workers = report.liveWorkers == 1 ? "1 worker is" : "\(report.liveWorkers) workers are"
+            let workers = report.liveWorkers == 1 ? "1 worker claims" : "\(report.liveWorkers) workers claim"
             if let age = report.lastEventAgeSeconds {
-                let silence = "no events for \(describe(seconds: age)) while \(workers) online or busy"
+                let silence = "no events for \(describe(seconds: age)) while \(workers) to be up"
                 if age >= limits.idleUnhealthySeconds {
                     unhealthy.append(silence + " (is the processor running and connected to the broker?)")
                 } else if age >= limits.idleDegradedSeconds {
                     degraded.append(silence)
                 }
             } else {
-                unhealthy.append("no event was ever counted while \(workers) online or busy (processor statistics missing?)")
+                unhealthy.append("no event was ever counted while \(workers) to be up (processor statistics missing?)")
             }
         }
         if report.lastEventAt == nil && report.eventsTotal == 0 { notes.append("no events yet") }
@@ -156,7 +156,7 @@ public enum ProcessorHealth {
         // Workers that should be heartbeating but are not.
         if report.staleWorkers > 0 {
             let workers = report.staleWorkers == 1 ? "1 worker claims" : "\(report.staleWorkers) workers claim"
-            degraded.append("\(workers) to be online or busy but sent nothing for over \(describe(seconds: limits.staleAfterSeconds))")
+            degraded.append("\(workers) to be up but sent nothing for over \(describe(seconds: limits.staleAfterSeconds))")
         }
 
         let status: HealthStatus = !unhealthy.isEmpty ? .unhealthy : (!degraded.isEmpty ? .degraded : .healthy)

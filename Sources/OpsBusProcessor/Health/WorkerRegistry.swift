@@ -14,7 +14,7 @@ public struct WorkerEntry: Sendable, Hashable {
     public var lastSeenMs: Int64?
     /// Seconds between `lastSeenMs` and the time of reading; nil when never seen.
     public var ageSeconds: Double?
-    /// The worker claims to be alive (`online`/`busy`) but has been silent for longer than the stale limit.
+    /// The worker claims to be up (see `WorkerRegistry.liveStatuses`) but has been silent for longer than the stale limit.
     public var isStale: Bool
 
     public init(id: String, status: String, currentJob: String? = nil, machineID: String? = nil, reason: String? = nil,
@@ -44,8 +44,10 @@ public struct WorkerEntry: Sendable, Hashable {
 /// Reads the worker registry the processor maintains: the `workers` sorted set (ids by last event time) and one
 /// `worker:{<id>}` hash per worker. No KEYS/SCAN: the index names every worker.
 public enum WorkerRegistry {
-    /// Statuses in which a worker claims to be alive, so silence means something is wrong.
-    public static let liveStatuses: Set<String> = ["online", "busy"]
+    /// Statuses in which a worker claims to be up, so its silence means something is wrong: every status of
+    /// `EventCatalog.workerStatuses` but `offline` (the same set the processor's heartbeat timeout watches).
+    /// `deregistered` and unknown statuses are not live.
+    public static let liveStatuses: Set<String> = Set(EventCatalog.workerStatuses).subtracting(["offline"])
 
     /// Every registered worker, most recently seen first.
     /// - Parameter staleAfter: seconds of silence after which a live-claiming worker is flagged stale.
@@ -74,7 +76,7 @@ public enum WorkerRegistry {
     }
 
     /// A worker is stale when it claims to be alive but its newest event is older than `staleAfter` seconds (or it
-    /// has no time at all). Workers that said they are offline are never stale: their silence is expected.
+    /// has no time at all). Workers that said they are offline or deregistered are never stale: their silence is expected.
     public static func isStale(status: String, ageSeconds: Double?, staleAfter: Double) -> Bool {
         guard liveStatuses.contains(status) else { return false }
         guard let ageSeconds else { return true }
