@@ -6,14 +6,25 @@ import OpsBusProcessor
 struct ProcessorCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "processor",
-        abstract: "Run the processor: events from MQTT become Redis state (job hashes, worker registry, …).",
+        abstract: "Run the processor: events from MQTT become Redis state and automated actions.",
         discussion: """
             Subscribes at QoS 1 with a persistent session (fixed client id), so events published while it is down \
             are delivered when it returns. Each event is applied to Redis atomically and idempotently before the \
             broker gets its acknowledgement: kill -9 loses nothing, duplicates change nothing. Invalid messages go to \
             the dead-letter stream opsbus:deadletter with the reason. Key layout: README, "Redis key layout".
-            Scale out: run several with the same --group (MQTT 5 shared subscription $share/<group>/…).
-            Stops on SIGINT/SIGTERM after the event in hand is applied.
+
+            Automated actions (BUSINESS_LOGIC_AUTOMATION): worker busy/idle and resources from job events, model \
+            usage and success/failure patterns, retries with backoff (trigger.retry on triggers/retry/<job_id> when \
+            due) or the job dead-letter stream, failover of a dead worker's jobs, precache/scaling/failover triggers, \
+            webhook notifications to NOTIFICATION_SERVICE_URL for jobs that ask for one.
+
+            Scale out: run several with the same --group (MQTT 5 shared subscription $share/<group>/…) and a \
+            different --instance each. Stops on SIGINT/SIGTERM after the event in hand is applied.
+
+            Environment (flags win): MQTT_URL, REDIS_URL, OPSBUS_TOPIC_PREFIX, EVENT_PROCESSING_BATCH_SIZE (outbox \
+            batch, default 100), BUSINESS_LOGIC_TIMEOUT_MS (Redis command timeout, default 5000), \
+            BUSINESS_LOGIC_AUTOMATION, MODEL_USAGE_TRACKING, USER_NOTIFICATIONS_ENABLED (true/false, default true), \
+            NOTIFICATION_SERVICE_URL, NOTIFICATION_SECRET or NOTIFICATION_SECRET_FILE.
             """)
 
     @Option(help: "Shared-subscription group; instances in one group split the events (default: none).")
@@ -31,6 +42,12 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Events kept per job timeline.")
     var timelineLimit: Int = 200
 
+    @Option(help: "Seconds without any event after which a worker that sent heartbeats is declared offline.")
+    var heartbeatTimeout: Double = 90
+
+    @Option(help: "Automated actions on or off (default $BUSINESS_LOGIC_AUTOMATION or true).")
+    var automation: Bool?
+
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var common: CommonOptions
 
@@ -39,11 +56,24 @@ struct ProcessorCommand: AsyncParsableCommand {
         if let group {
             do { _ = try Identifier(validating: group, field: "group") } catch { throw ValidationError("--group: \(error)") }
         }
-        let configuration = ProcessorConfiguration(
+        let environment = EnvironmentReader(ProcessInfo.processInfo.environment)
+        var configuration = ProcessorConfiguration(
             mqtt: try connection.mqttEndpoint(), redis: try connection.redisEndpoint(),
             scheme: try connection.topicScheme(),
             clientID: clientID ?? (group.map { "opsbus-processor-\($0)-\(instance)" } ?? "opsbus-processor"),
             group: group, maxPayloadBytes: maxPayloadBytes, timelineLimit: timelineLimit)
+        configuration.automation = try automation ?? environment.bool("BUSINESS_LOGIC_AUTOMATION", default: true)
+        configuration.modelUsageTracking = try environment.bool("MODEL_USAGE_TRACKING", default: true)
+        configuration.userNotifications = try environment.bool("USER_NOTIFICATIONS_ENABLED", default: true)
+        configuration.outboxBatchSize = try environment.int("EVENT_PROCESSING_BATCH_SIZE", default: 100, range: 1...10_000)
+        configuration.redisCommandTimeout =
+            Double(try environment.int("BUSINESS_LOGIC_TIMEOUT_MS", default: 5_000, range: 10...600_000)) / 1000
+        configuration.heartbeatTimeout = heartbeatTimeout
+        do {
+            configuration.webhooks = try WebhookEndpoint.fromEnvironment(ProcessInfo.processInfo.environment)
+        } catch {
+            throw ValidationError("\(error)")
+        }
         let processor: EventProcessor
         do { processor = try EventProcessor(configuration: configuration, logger: logger) } catch { throw CLIError("\(error)") }
         let task = Task { try await processor.run() }
@@ -54,5 +84,28 @@ struct ProcessorCommand: AsyncParsableCommand {
         } catch {
             throw CLIError("\(error)")
         }
+    }
+}
+
+/// Typed reads of environment variables; a bad value fails with the variable's name and what was expected.
+struct EnvironmentReader {
+    let values: [String: String]
+    init(_ values: [String: String]) { self.values = values }
+
+    func bool(_ name: String, default fallback: Bool) throws -> Bool {
+        guard let raw = values[name], !raw.isEmpty else { return fallback }
+        switch raw.lowercased() {
+        case "1", "true", "yes", "on": return true
+        case "0", "false", "no", "off": return false
+        default: throw ValidationError("\(name)=\(raw): expected true or false")
+        }
+    }
+
+    func int(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws -> Int {
+        guard let raw = values[name], !raw.isEmpty else { return fallback }
+        guard let value = Int(raw), range.contains(value) else {
+            throw ValidationError("\(name)=\(raw): expected a whole number from \(range.lowerBound) to \(range.upperBound)")
+        }
+        return value
     }
 }

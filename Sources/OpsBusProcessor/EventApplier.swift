@@ -21,7 +21,7 @@ final class EventApplier {
     /// Connects at start so a wrong `REDIS_URL` fails loudly instead of on the first event.
     func connect() throws(ProcessorError) {
         do {
-            redis = try RedisConnection(endpoint: configuration.redis, logger: logger)
+            redis = try configuration.connectRedis(logger: logger)
         } catch {
             throw .redis(error)
         }
@@ -95,7 +95,7 @@ final class EventApplier {
 
     private func connection() throws(RedisError) -> RedisConnection {
         if let redis, !redis.isBroken { return redis }
-        let fresh = try RedisConnection(endpoint: configuration.redis, logger: logger)
+        let fresh = try configuration.connectRedis(logger: logger)
         redis = fresh
         return fresh
     }

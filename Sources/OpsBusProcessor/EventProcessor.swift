@@ -22,6 +22,7 @@ public final class EventProcessor: Sendable {
     private let counterState = Mutex(ProcessorCounters())
     private let subscribed = Mutex(false)
     private let notifications: NotificationSink?
+    private let deliverer: WebhookDeliverer?
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
         throws(ProcessorError)
@@ -41,7 +42,27 @@ public final class EventProcessor: Sendable {
             throw .mqtt(error)
         }
         applier = Mutex(EventApplier(configuration: configuration, logger: logger))
-        notifications = nil
+        if configuration.webhooks.isEmpty || !configuration.userNotifications {
+            notifications = nil
+            deliverer = nil
+        } else {
+            let outbox = WebhookOutbox(prefix: configuration.keys.prefix)
+            let names = Set(configuration.webhooks.map(\.name))
+            notifications = NotificationSink { entry, redis throws(RedisError) in
+                let endpoint = entry.fields["endpoint"] ?? "default"
+                guard names.contains(endpoint), let id = entry.fields["notification_id"] else { return true }
+                // false means it was queued before (a relayed duplicate): done either way.
+                _ = try outbox.enqueue(redis, endpoint: endpoint, notificationID: id,
+                                       body: Array((entry.fields["body"] ?? "{}").utf8))
+                return true
+            }
+            do {
+                deliverer = try WebhookDeliverer(
+                    redis: configuration.redis, endpoints: configuration.webhooks, outbox: outbox, logger: logger)
+            } catch {
+                throw .configuration("\(error)")
+            }
+        }
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).
@@ -71,6 +92,7 @@ public final class EventProcessor: Sendable {
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await relay.run() }
             group.addTask { await scheduled.run() }
+            if let deliverer { group.addTask { await deliverer.run() } }
             group.addTask {
                 while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(200)) }
             }
@@ -130,11 +152,13 @@ public struct ProcessorCounters: Sendable, Equatable {
 public enum ProcessorError: Error, CustomStringConvertible, Sendable {
     case mqtt(MQTTError)
     case redis(RedisError)
+    case configuration(String)
 
     public var description: String {
         switch self {
         case .mqtt(let error): return "MQTT: \(error)"
         case .redis(let error): return "Redis: \(error)"
+        case .configuration(let reason): return "configuration: \(reason)"
         }
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis
@@ -37,8 +38,14 @@ public struct ProcessorConfiguration: Sendable {
     /// `queueLowWatermark` again a scale-down.
     public var queueHighWatermark: Double = 0.8
     public var queueLowWatermark: Double = 0.3
+    /// `BUSINESS_LOGIC_TIMEOUT_MS`: the longest one Redis command (an event's script with its actions) may take
+    /// before the connection counts as broken and the event is retried.
+    public var redisCommandTimeout: Double = 5
     /// `EVENT_PROCESSING_BATCH_SIZE`: outbox entries relayed per round.
     public var outboxBatchSize: Int = 100
+    /// Webhook targets for notifications (`NOTIFICATION_SERVICE_URL` is the one named `default`). Only these, never
+    /// a URL from an event.
+    public var webhooks: [WebhookEndpoint] = []
     /// Precache rule for models (the seed's thresholds).
     public var precacheRule: PrecacheRule = PrecacheRule()
 
@@ -59,6 +66,11 @@ public struct ProcessorConfiguration: Sendable {
         self.dedupWindowSeconds = dedupWindowSeconds
         self.redisRetryWindow = redisRetryWindow
         self.keepAlive = keepAlive
+    }
+
+    /// A Redis connection with the processor's timeouts.
+    func connectRedis(logger: Logger) throws(RedisError) -> RedisConnection {
+        try RedisConnection(endpoint: redis, commandTimeout: redisCommandTimeout, logger: logger)
     }
 
     /// The MQTT filters the processor subscribes to, with the group prefix when it has one.

@@ -72,7 +72,7 @@ final class OutboxRelay: Sendable {
         throws(RedisError) -> RedisConnection
     {
         if let existing = connection, !existing.isBroken { return existing }
-        let fresh = try RedisConnection(endpoint: configuration.redis, logger: logger)
+        let fresh = try configuration.connectRedis(logger: logger)
         connection = fresh
         return fresh
     }
