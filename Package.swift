@@ -5,14 +5,16 @@ import PackageDescription
 //   OpsBusCore            pure event contract and rules, no I/O
 //   CMosquitto/CHiredis   system libraries (Debian libmosquitto-dev, libhiredis-dev)
 //   OpsBusMQTT/OpsBusRedis  thin wrappers that own the C pointers
-//   OpsBusPublisher/OpsBusProcessor  services
+//   OpsBusPublisher/OpsBusProcessor/OpsBusBridge  services
 //   OpsBusCLI/opsbus      the command-line tool
 // OpsBusLocalServers starts real mosquitto/redis-server processes for the demo and the tests.
 let package = Package(
     name: "opsbus",
     platforms: [.macOS(.v15)],
     products: [
-        .library(name: "OpsBus", targets: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor"]),
+        .library(
+            name: "OpsBus",
+            targets: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge"]),
         .executable(name: "opsbus", targets: ["opsbus"]),
     ],
     dependencies: [
@@ -48,6 +50,10 @@ let package = Package(
             dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
+            name: "OpsBusBridge",
+            dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", .product(name: "Logging", package: "swift-log")]
+        ),
+        .target(
             name: "OpsBusLocalServers",
             dependencies: [.product(name: "Logging", package: "swift-log")]
         ),
@@ -55,8 +61,8 @@ let package = Package(
         .target(
             name: "OpsBusCLI",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge",
+                "OpsBusLocalServers", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -70,8 +76,8 @@ let package = Package(
         .testTarget(
             name: "OpsBusIntegrationTests",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusLocalServers",
-                "OpsBusCLI",
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge",
+                "OpsBusLocalServers", "OpsBusCLI",
             ]
         ),
     ],

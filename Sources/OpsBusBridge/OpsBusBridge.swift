@@ -1,0 +1,2 @@
+/// MQTT → Redis Streams bridge (issue 4). See `Bridge`.
+enum OpsBusBridgeModule {}
