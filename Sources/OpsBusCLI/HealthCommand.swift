@@ -122,7 +122,8 @@ struct HealthCommand: AsyncParsableCommand {
             return "\(rate(value * 100)) % \(done) (\(counts.succeeded) \(done), \(counts.failed) \(failed))"
         }
         row("actions", success(report.actions, "succeeded", "failed", none: "no actions yet"))
-        row("webhooks", success(report.webhooks, "delivered", "failed attempts", none: "no webhooks yet"))
+        row("webhooks", success(report.webhooks, "delivered", "failed attempts", none: "no webhooks yet")
+            + (report.webhooksDeadLettered > 0 ? "; \(report.webhooksDeadLettered) dead-lettered" : ""))
         row("dead letters", "\(report.deadLetters) in the stream; \(report.recentDeadLettered) of "
             + "\(report.recentEvents) events in the last \(ProcessorHealth.recentMinutes) min")
         row("jobs", report.jobsByStatus.map { "\($0.status) \($0.count)" }.joined(separator: ", "))

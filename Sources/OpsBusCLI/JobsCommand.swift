@@ -121,9 +121,11 @@ struct TextStyle {
 
     var enabled: Bool
 
-    /// Colour only when stdout is a terminal and NO_COLOR (https://no-color.org) is not set.
+    /// Colour only when stdout is a terminal, NO_COLOR (https://no-color.org) is unset or empty, and TERM is not
+    /// `dumb`.
     static var stdoutIsTerminal: Bool {
-        isatty(STDOUT_FILENO) == 1 && ProcessInfo.processInfo.environment["NO_COLOR"] == nil
+        let environment = ProcessInfo.processInfo.environment
+        return isatty(STDOUT_FILENO) == 1 && (environment["NO_COLOR"] ?? "").isEmpty && environment["TERM"] != "dumb"
     }
 
     func paint(_ text: String, _ tint: Tint?) -> String {

@@ -92,6 +92,10 @@ struct InspectionCommandTests {
         let byWorkerDoc = try parse(byWorker.stdout)
         #expect(byWorkerDoc["matched"]?.intValue == 2)
         #expect(byWorkerDoc["jobs"]?.arrayValue?.compactMap { $0["job_id"]?.stringValue } == ["job-bad"])
+        let workerAndStatus = try parse(try await run(executable, ["jobs", "--worker", "gpu-a", "--status", "completed", "--json"] + url).stdout)
+        #expect(workerAndStatus["jobs"]?.arrayValue?.compactMap { $0["job_id"]?.stringValue } == ["job-ok"])
+        let nobody = try await run(executable, ["jobs", "--worker", "gpu-nobody"] + url)
+        #expect(nobody.status == 0 && nobody.stdout == "no jobs (worker gpu-nobody)\n", "\(nobody.stdout)")
 
         // The table: aligned columns, no colour codes when stdout is not a terminal.
         let table = try await run(executable, ["jobs", "--status", failedStatus] + url)
@@ -190,7 +194,8 @@ struct InspectionCommandTests {
                                "outcome:applied", "1998", "outcome:dead_lettered", "2",
                                "last_event_at", twentyMinutesAgo.iso8601, "last_event_type", "worker.heartbeat",
                                "actions_succeeded", "90", "actions_failed", "10",
-                               "webhooks_delivered", "40", "webhooks_failed_attempts", "60"])
+                               "webhooks_delivered", "40", "webhooks_failed_attempts", "60",
+                               "webhooks_dead_lettered", "3"])
         _ = try redis.command(["HSET", keys.worker("w-1"), "status", "online",
                                "last_seen_ms", String(twentyMinutesAgo.millisecondsSinceEpoch)])
         _ = try redis.command(["ZADD", keys.workers, String(twentyMinutesAgo.millisecondsSinceEpoch), "w-1"])
@@ -214,7 +219,8 @@ struct InspectionCommandTests {
         #expect(verdict.reasons.first?.contains("no events for 20 min") == true, "\(verdict.reasons)")
         #expect(verdict.reasons.contains { $0.contains("action success rate 90 %") })
         #expect(verdict.reasons.contains { $0.contains("webhook delivery rate 40 %") })
-        #expect(verdict.reasons.contains { $0.contains("stale") || $0.contains("sent nothing") })
+        #expect(verdict.reasons.contains { $0.contains("1 worker claims to be up but sent nothing") })
+        #expect(verdict.notes == ["3 webhook notifications dead-lettered after their last attempt (all time)"])
 
         let executable = try opsbusExecutable()
         let cli = try await run(executable, ["health", "--json", "--redis-url", servers.redisURL])
@@ -231,6 +237,16 @@ struct InspectionCommandTests {
         #expect(degraded.status == 1, "degraded exits 1: \(degraded.stdout)")
         #expect(degraded.stdout.hasPrefix("DEGRADED"))
         #expect(degraded.stdout.contains("action success rate 90 %"))
+        #expect(degraded.stdout.contains("3 dead-lettered"))
+
+        // Colour only on a terminal: under a pseudo-terminal (script(1)) the same command paints its verdict.
+        let colourAllowed = ["NO_COLOR": "", "TERM": "xterm"]  // whatever the test runner's environment says
+        let terminal = try await run("/usr/bin/script", ["-qec", "\(executable) health --redis-url \(servers.redisURL)", "/dev/null"],
+                                     environment: colourAllowed)
+        #expect(terminal.stdout.contains("\u{1B}[33mDEGRADED\u{1B}[0m"), "\(terminal.stdout)")
+        let noColour = try await run("/usr/bin/script", ["-qec", "\(executable) health --no-colour --redis-url \(servers.redisURL)", "/dev/null"],
+                                     environment: colourAllowed)
+        #expect(noColour.stdout.contains("DEGRADED") && !noColour.stdout.contains("\u{1B}["), "\(noColour.stdout)")
     }
 
     @Test("unreachable Redis: a clear message with the masked URL and a non-zero exit",

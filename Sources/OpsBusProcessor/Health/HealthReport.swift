@@ -115,8 +115,11 @@ public struct HealthReport: Sendable {
     public var actions: SuccessCounts?
     /// Webhook deliveries (`webhooks_delivered`/`webhooks_failed_attempts`); nil when none yet.
     public var webhooks: SuccessCounts?
-    /// Every other `actions_*`/`webhooks_*` counter, shown as is.
+    /// Every `actions_*`/`webhooks_*` counter, shown as is (e.g. `webhooks_dead_lettered`).
     public var actionCounters: [String: Int64] = [:]
+
+    /// Notifications given up after their last attempt (`webhooks_dead_lettered`, all time).
+    public var webhooksDeadLettered: Int64 { actionCounters["webhooks_dead_lettered"] ?? 0 }
 
     /// Length of the dead-letter stream.
     public var deadLetters: Int64 = 0

@@ -153,6 +153,11 @@ public enum ProcessorHealth {
             degraded.append("webhook delivery rate \(percent(rate)) (\(webhooks.failed) failed attempts of \(webhooks.total))")
         }
 
+        if report.webhooksDeadLettered > 0 {
+            // All-time, so a note: one lost notification last week must not keep the bus "degraded" forever.
+            notes.append("\(report.webhooksDeadLettered) webhook notifications dead-lettered after their last attempt (all time)")
+        }
+
         // Workers that should be heartbeating but are not.
         if report.staleWorkers > 0 {
             let workers = report.staleWorkers == 1 ? "1 worker claims" : "\(report.staleWorkers) workers claim"
