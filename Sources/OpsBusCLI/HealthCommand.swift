@@ -44,8 +44,8 @@ struct HealthCommand: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func validate() throws {
-        for (name, value) in [("--stale-after", staleAfter), ("--idle-degraded", idleDegraded), ("--idle-unhealthy", idleUnhealthy)]
-        where !(value.isFinite && value > 0) {
+        let durations = [("--stale-after", staleAfter), ("--idle-degraded", idleDegraded), ("--idle-unhealthy", idleUnhealthy)]
+        for (name, value) in durations where !(value.isFinite && value > 0) {
             throw ValidationError("\(name) must be a positive number of seconds, not \(value)")
         }
         if idleUnhealthy < idleDegraded {

@@ -40,10 +40,13 @@ struct JobsCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let status, !JobIndex.statuses.contains(status) {
-            throw ValidationError("--status: unknown status '\(status)'; expected one of: \(JobIndex.statuses.joined(separator: ", "))")
+            let known = JobIndex.statuses.joined(separator: ", ")
+            throw ValidationError("--status: unknown status '\(status)'; expected one of: \(known)")
         }
         if let worker {
-            do { _ = try Identifier(validating: worker, field: "worker_id") } catch { throw ValidationError("--worker: \(error)") }
+            do { _ = try Identifier(validating: worker, field: "worker_id") } catch {
+                throw ValidationError("--worker: \(error)")
+            }
         }
         if limit < 0 { throw ValidationError("--limit must be 0 (no limit) or positive, not \(limit)") }
     }
@@ -64,7 +67,9 @@ struct JobsCommand: AsyncParsableCommand {
         let style = TextStyle(enabled: !noColour && TextStyle.stdoutIsTerminal)
         var table = TextTable(["JOB", "STATUS", "ATTEMPT", "WORKER", "ERROR", "UPDATED", "AGE"])
         for job in listing.jobs {
-            let age = job.updated.map { ProcessorHealth.describe(seconds: Double(now.millisecondsSinceEpoch - $0.millisecondsSinceEpoch) / 1000) }
+            let age = job.updated.map {
+                ProcessorHealth.describe(seconds: Double(now.millisecondsSinceEpoch - $0.millisecondsSinceEpoch) / 1000)
+            }
             table.add([
                 .plain(job.id), .init(job.status, style.tint(forJobStatus: job.status)),
                 .plain(job.attempt.map(String.init) ?? "-"), .plain(job.workerID ?? "-"),

@@ -10,8 +10,8 @@ struct WorkersCommand: AsyncParsableCommand {
         abstract: "List the worker registry: status, current job, machine, last seen, reason.",
         discussion: """
             Reads the `workers` sorted set and each worker:{<id>} hash as the processor writes them; most recently \
-            seen first. A worker that claims to be up (online, busy, idle, degraded) but sent nothing for longer than --stale-after \
-            seconds is marked STALE: it probably died without its last will reaching the broker.
+            seen first. A worker that claims to be up (online, busy, idle, degraded) but sent nothing for longer \
+            than --stale-after seconds is marked STALE: it probably died without its last will reaching the broker.
             Examples:
               opsbus workers                     the registry as a table
               opsbus workers --stale-after 300   tolerate five minutes of silence

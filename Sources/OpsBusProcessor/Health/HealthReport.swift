@@ -167,7 +167,8 @@ public struct HealthReport: Sendable {
             ])
         }
         let verdict = verdict
-        var workers = JSONObject(pairs: workersByStatus.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.int(Int64($0.value))) })
+        var workers = JSONObject(
+            pairs: workersByStatus.sorted { $0.key < $1.key }.map { ($0.key, JSONValue.int(Int64($0.value))) })
         workers["live"] = .int(Int64(liveWorkers))
         workers["stale"] = .int(Int64(staleWorkers))
         return .object([

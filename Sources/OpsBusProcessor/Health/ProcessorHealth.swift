@@ -150,12 +150,14 @@ public enum ProcessorHealth {
         }
         if let webhooks = report.webhooks, let rate = webhooks.rate, webhooks.total >= sample,
            rate < limits.webhookSuccessDegraded {
-            degraded.append("webhook delivery rate \(percent(rate)) (\(webhooks.failed) failed attempts of \(webhooks.total))")
+            degraded.append(
+                "webhook delivery rate \(percent(rate)) (\(webhooks.failed) failed attempts of \(webhooks.total))")
         }
 
         if report.webhooksDeadLettered > 0 {
             // All-time, so a note: one lost notification last week must not keep the bus "degraded" forever.
-            notes.append("\(report.webhooksDeadLettered) webhook notifications dead-lettered after their last attempt (all time)")
+            notes.append(
+                "\(report.webhooksDeadLettered) webhook notifications dead-lettered after their last attempt (all time)")
         }
 
         // Workers that should be heartbeating but are not.
