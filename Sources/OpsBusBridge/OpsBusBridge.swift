@@ -1,2 +1,0 @@
-/// MQTT → Redis Streams bridge (issue 4). See `Bridge`.
-enum OpsBusBridgeModule {}
