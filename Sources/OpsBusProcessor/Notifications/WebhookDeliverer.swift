@@ -87,7 +87,9 @@ public final class WebhookDeliverer: Sendable {
         configuration.httpCookieAcceptPolicy = .never
         configuration.urlCache = nil
         configuration.requestCachePolicy = .reloadIgnoringLocalCacheData
-        configuration.timeoutIntervalForRequest = endpoints.map(\.timeout).max() ?? 5
+        // A backstop only: `WebhookHTTP.post` enforces each endpoint's timeout itself (swift-corelibs-foundation
+        // turns sub-second values here into an immediate timeout, and counts them per packet, not per request).
+        configuration.timeoutIntervalForRequest = WebhookHTTP.backstopTimeout(endpoints.map(\.timeout).max() ?? 5)
         let session = URLSession(configuration: configuration, delegate: RefuseRedirects(), delegateQueue: nil)
         defer { session.invalidateAndCancel() }
         await withTaskGroup(of: Void.self) { group in
@@ -407,9 +409,13 @@ enum WebhookHTTP {
     static let notificationIDHeader = "X-Opsbus-Notification-Id"
     static let attemptHeader = "X-Opsbus-Attempt"
 
+    /// URLSession's own timeout, set beyond the endpoint's so that `post`'s deadline always fires first.
+    static func backstopTimeout(_ timeout: Double) -> Double { timeout.rounded(.up) + 5 }
+
     static func request(for entry: WebhookOutboxEntry, to endpoint: WebhookEndpoint, now: Date = Date()) -> URLRequest? {
         guard let url = URL(string: endpoint.url) else { return nil }
-        var request = URLRequest(url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: endpoint.timeout)
+        var request = URLRequest(
+            url: url, cachePolicy: .reloadIgnoringLocalCacheData, timeoutInterval: backstopTimeout(endpoint.timeout))
         request.httpMethod = "POST"
         request.httpBody = Data(entry.body)
         request.httpShouldHandleCookies = false
