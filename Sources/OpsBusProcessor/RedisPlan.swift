@@ -215,6 +215,9 @@ struct RedisPlan {
         switch envelope.eventType {
         case .workerHealth:
             set("health_at", ts)
+            // A health report without a job means the worker runs none now (an empty value, as absent keys
+            // cannot be written last-writer-wins).
+            if envelope.fields["current_job"] == nil { set("current_job", "") }
             set("session_id", envelope.sessionID)
             return ("worker", state, [])
         case .workerHeartbeat:
