@@ -1,0 +1,137 @@
+import Foundation
+import Logging
+import OpsBusCore
+import OpsBusMQTT
+import OpsBusRedis
+import Synchronization
+
+/// The MQTT → Redis Streams bridge.
+///
+/// ```
+///  broker ──QoS 1, durable session──▶ handler ──write(2)──▶ journal ──writer thread──▶ Redis (Lua: dedup + XADD)
+///          ◀──────── PUBACK after the handler returned                  └── committed offset (write + rename)
+/// ```
+///
+/// Guarantees:
+/// * **No acknowledged message is lost when the bridge dies** (`kill -9` at any moment): the PUBACK of a QoS 1
+///   message leaves only after the handler returned (libmosquitto with a loop thread, see `MQTTClient`), and the
+///   handler returns only after the message is in the journal (in the kernel's page cache; `JournalFsync.always`
+///   for OS crashes). Messages not yet acknowledged are redelivered by the broker (durable session: fixed client id,
+///   `cleanSession` false).
+/// * **Redis down**: the writer retries with backoff while the handler keeps journaling, up to `journalMaxBytes`;
+///   then the handler returns `.reject`, so the broker keeps the messages (it needs `max_queued_messages 0` and a
+///   sufficient `max_queued_bytes`, or it drops the newest) and redelivers them.
+/// * **Exactly-once effect**: journal replays and broker redeliveries are suppressed in Redis by the dedup id
+///   (see `StreamEntryFormat`, `DedupWindow`), atomically with the XADD.
+/// * **Order**: one writer, journal order = delivery order, so one publisher's entries on one route keep their order.
+/// * Not guaranteed: messages the broker acknowledged to the publisher but lost itself (broker `kill -9` before its
+///   next autosave); raw (non-envelope) payloads redelivered by the broker are mirrored twice (they carry no id).
+public final class Bridge: Sendable {
+    public let configuration: BridgeConfiguration
+    private let routes: RouteTable
+    private let journal: Journal
+    private let writer: StreamWriter
+    private let counters = StatisticsBox()
+    private let client: MQTTClient
+    private let stopping = Mutex(false)
+    private let logger: Logger
+
+    /// Validates the configuration, opens (and recovers) the journal and creates the MQTT client. No network yet.
+    public init(configuration: BridgeConfiguration, logger: Logger = Logger(label: "opsbus.bridge")) throws {
+        try configuration.validate()
+        self.configuration = configuration
+        self.logger = logger
+        routes = RouteTable(configuration.routes)
+        journal = try Journal(
+            directory: configuration.journalDirectory, maxBytes: configuration.journalMaxBytes,
+            fsync: configuration.fsync, logger: logger)
+        var mqtt = MQTTClientConfiguration(endpoint: configuration.mqtt, clientID: configuration.clientID)
+        mqtt.cleanSession = false
+        mqtt.keepAlive = configuration.keepAlive
+        client = try MQTTClient(configuration: mqtt, logger: logger)
+        writer = StreamWriter(
+            journal: journal, routes: routes, configuration: configuration, statistics: counters, logger: logger)
+    }
+
+    public var statistics: BridgeStatistics { counters.value.withLock { $0 } }
+
+    /// The journal's committed position and bytes in use (for tests and `opsbus streams`).
+    public var journalState: (committed: JournalPosition, appended: JournalPosition, usedBytes: Int64) {
+        (journal.committed, journal.appendedEnd, journal.usedBytes)
+    }
+
+    /// Runs until the calling task is cancelled, then stops gracefully: stop taking messages (the one in hand is
+    /// rejected and redelivered later), disconnect, write the journal's rest to Redis (up to `drainTimeout`),
+    /// close the journal.
+    /// - Throws: MQTT errors that are permanent (refused connection, rejected subscription).
+    public func run() async throws {
+        client.setMessageHandler { [self] message in handle(message) }
+        writer.start()
+        do {
+            try await client.connect(waitForBroker: true)
+            let filters = routes.subscriptionFilters
+            try await client.subscribe(filters, qos: .atLeastOnce)
+            logger.info("bridge subscribed", metadata: [
+                "filters": "\(filters.joined(separator: " "))", "client_id": "\(configuration.clientID)",
+                "journal": "\(configuration.journalDirectory)",
+            ])
+            while !Task.isCancelled {
+                try? await Task.sleep(for: .seconds(3600))
+            }
+        } catch {
+            await shutdown()
+            if Task.isCancelled, case MQTTError.cancelled = error { return }
+            throw error
+        }
+        await shutdown()
+    }
+
+    private func shutdown() async {
+        stopping.withLock { $0 = true }
+        await client.disconnect()
+        writer.requestStop()
+        await writer.waitForExit()
+        journal.close()
+        let stats = statistics
+        logger.info("bridge stopped", metadata: [
+            "entries": "\(stats.entries)", "duplicates": "\(stats.duplicates)", "dead_lettered": "\(stats.deadLettered)",
+            "committed": "\(stats.committed)",
+        ])
+    }
+
+    /// The message handler (network thread): journal, then let the PUBACK go. Only messages that did not reach the
+    /// journal are rejected, so the broker redelivers exactly those (plus, possibly, later ones whose PUBACK was
+    /// still queued: the dedup ids absorb them).
+    private func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
+        if stopping.withLock({ $0 }) { return .reject }
+        let limit = routes.route(for: message.topic)?.maxPayloadBytes ?? configuration.deadLetterPayloadBytes
+        // Oversize payloads are dead-lettered anyway: journal only what the dead letter keeps, so one huge message
+        // cannot fill the journal.
+        let keep = message.payload.count > limit
+            ? Array(message.payload.prefix(min(limit, configuration.deadLetterPayloadBytes))) : message.payload
+        let record = JournalRecord(
+            topic: message.topic, payload: keep, qos: UInt8(message.qos.rawValue), retain: message.retain,
+            receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
+            originalPayloadBytes: message.payload.count)
+        switch journal.append(record) {
+        case .appended:
+            counters.value.withLock { $0.journaled += 1 }
+            writer.notify()
+            return .accept
+        case .full:
+            let rejected = counters.value.withLock { stats -> Int in
+                stats.rejected += 1
+                return stats.rejected
+            }
+            if rejected == 1 || rejected % 1000 == 0 {
+                logger.warning("journal full; rejecting messages until the writer catches up (the broker keeps them)",
+                    metadata: ["max_bytes": "\(configuration.journalMaxBytes)", "rejected": "\(rejected)"])
+            }
+            return .reject
+        case .failed(let error):
+            counters.value.withLock { $0.rejected += 1 }
+            logger.error("journal append failed; rejecting the message", metadata: ["error": "\(error)"])
+            return .reject
+        }
+    }
+}

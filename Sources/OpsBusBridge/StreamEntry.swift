@@ -1,0 +1,185 @@
+import OpsBusCore
+import OpsBusRedis
+
+/// What the writer does with one journal record: one call of `BridgeScripts.append`.
+public struct PlannedWrite: Sendable, Hashable {
+    public enum Kind: Sendable, Hashable {
+        case entry
+        /// The record failed its route's validation; `reason` says why.
+        case deadLetter(reason: String)
+    }
+
+    public var kind: Kind
+    public var stream: String
+    /// Empty when the record has nothing to deduplicate on (never happens for journal records: see `dedupID`).
+    public var dedupID: String
+    public var maxLength: Int?
+    public var maxAgeSeconds: Int?
+    /// Field/value pairs in entry order.
+    public var fields: [(String, [UInt8])]
+
+    public static func == (lhs: PlannedWrite, rhs: PlannedWrite) -> Bool {
+        lhs.kind == rhs.kind && lhs.stream == rhs.stream && lhs.dedupID == rhs.dedupID
+            && lhs.fields.map(\.0) == rhs.fields.map(\.0) && lhs.fields.map(\.1) == rhs.fields.map(\.1)
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(stream)
+        hasher.combine(dedupID)
+    }
+
+    public func field(_ name: String) -> [UInt8]? { fields.first { $0.0 == name }?.1 }
+}
+
+/// The stream entry format, and how a journal record becomes one.
+///
+/// Entry fields, in this order (all values are strings; `payload` is the exact bytes received, binary-safe):
+///
+/// | field | value |
+/// |---|---|
+/// | `topic` | the MQTT topic |
+/// | `payload` | the payload bytes, unchanged |
+/// | `event_id`, `event_type`, `session_id`, `seq` | copied from the payload when it is a JSON object that has them (strings; `seq` a whole number) |
+/// | `qos` | `0`, `1` or `2`, as delivered to the bridge |
+/// | `retain` | `1` for a retained message, else `0` |
+/// | `received_at` | when the bridge received it, ISO-8601 UTC with milliseconds |
+/// | `bridge` | the bridge instance name |
+///
+/// The payload is parsed with `JSONValue.parse` only to copy those four fields (and to check `requireJSON`); the
+/// bridge does not validate envelopes (it mirrors what was published; the processor validates).
+///
+/// **Dedup id** (`PlannedWrite.dedupID`): `e:<event_id>` when the payload has an `event_id`; else
+/// `s:<session_id>:<seq>` when it has both; else `j:<bridge>:<segment>:<offset>`, the record's journal position,
+/// which makes journal replays after a crash idempotent even for raw payloads (but not broker redeliveries of raw
+/// payloads: those are new journal records).
+///
+/// Dead letters go to `bridge:deadletter` with `topic`, `reason`, `payload` (first `deadLetterPayloadBytes` bytes),
+/// `payload_bytes` (original size), `qos`, `retain`, `received_at`, `bridge`, and `route` (the route's filter).
+public enum StreamEntryFormat {
+    public static func plan(_ entry: JournalEntry, routes: RouteTable, configuration: BridgeConfiguration) -> PlannedWrite {
+        let record = entry.record
+        let journalID = "j:\(configuration.bridgeName):\(entry.position.segment):\(entry.position.offset)"
+        func deadLetter(_ reason: String, route: BridgeRoute?) -> PlannedWrite {
+            var fields: [(String, [UInt8])] = [
+                ("topic", Array(record.topic.utf8)), ("reason", Array(reason.utf8)),
+                ("payload", Array(record.payload.prefix(configuration.deadLetterPayloadBytes))),
+                ("payload_bytes", Array(String(record.originalPayloadBytes).utf8)),
+            ]
+            fields += common(record, configuration)
+            if let route { fields.append(("route", Array(route.filter.rawValue.utf8))) }
+            return PlannedWrite(
+                kind: .deadLetter(reason: reason), stream: configuration.deadLetterStream, dedupID: journalID,
+                maxLength: configuration.deadLetterMaxLength, maxAgeSeconds: nil, fields: fields)
+        }
+        guard let route = routes.route(for: record.topic) else {
+            return deadLetter("no route matches the topic (routes changed since it was journaled?)", route: nil)
+        }
+        if record.originalPayloadBytes > route.maxPayloadBytes {
+            return deadLetter(
+                "oversize: \(record.originalPayloadBytes) bytes, the route allows \(route.maxPayloadBytes)", route: route)
+        }
+        guard let stream = route.stream.streamKey(for: record.topic) else {
+            return deadLetter(
+                "the topic has fewer levels than the stream key '\(route.stream)' needs (\(route.stream.highestLevel))",
+                route: route)
+        }
+        var parsed: JSONValue?
+        do {
+            parsed = try JSONValue.parse(record.payload)
+        } catch {
+            if route.requireJSON { return deadLetter("not JSON: \(error)", route: route) }
+        }
+        var fields: [(String, [UInt8])] = [("topic", Array(record.topic.utf8)), ("payload", record.payload)]
+        var eventID: String?
+        var sessionID: String?
+        var seq: Int64?
+        if let object = parsed?.objectValue {
+            eventID = object["event_id"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+            sessionID = object["session_id"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
+            seq = object["seq"]?.intValue
+            if let eventID { fields.append(("event_id", Array(eventID.utf8))) }
+            if let type = object["event_type"]?.stringValue { fields.append(("event_type", Array(type.utf8))) }
+            if let sessionID { fields.append(("session_id", Array(sessionID.utf8))) }
+            if let seq { fields.append(("seq", Array(String(seq).utf8))) }
+        }
+        fields += common(record, configuration)
+        let dedupID: String
+        if let eventID {
+            dedupID = "e:" + eventID
+        } else if let sessionID, let seq {
+            dedupID = "s:\(sessionID):\(seq)"
+        } else {
+            dedupID = journalID
+        }
+        return PlannedWrite(
+            kind: .entry, stream: stream, dedupID: dedupID, maxLength: route.maxLength, maxAgeSeconds: route.maxAgeSeconds,
+            fields: fields)
+    }
+
+    private static func common(_ record: JournalRecord, _ configuration: BridgeConfiguration) -> [(String, [UInt8])] {
+        [
+            ("qos", Array(String(record.qos).utf8)), ("retain", Array((record.retain ? "1" : "0").utf8)),
+            ("received_at", Array(EventTimestamp(millisecondsSinceEpoch: record.receivedAtMilliseconds).iso8601.utf8)),
+            ("bridge", Array(configuration.bridgeName.utf8)),
+        ]
+    }
+
+    /// The dedup set of a stream.
+    public static func dedupKey(stream: String) -> String { "bridge:dedup:" + stream }
+}
+
+/// The Lua script that makes an entry exactly-once: dedup check, XADD and trimming in one atomic step.
+public enum BridgeScripts {
+    /// KEYS: stream, dedup set, stats hash. ARGV: dedup id ('' = none), window seconds, window size,
+    /// maxlen (0 = none), max age seconds (0 = none), counter field, then field/value pairs.
+    /// Returns the new entry id, or nil for a duplicate. Time comes from the Redis server (`TIME`), so trimming
+    /// and the window do not depend on the bridge host's clock (Redis 7 replicates script effects, so `TIME` is safe).
+    public static let append = RedisScript(name: "bridge_append", source: """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local id = ARGV[1]
+        local window = tonumber(ARGV[2])
+        if id ~= '' and redis.call('ZSCORE', KEYS[2], id) then
+          redis.call('HINCRBY', KEYS[3], 'bridge_duplicates', 1)
+          return false
+        end
+        local args = {'XADD', KEYS[1]}
+        local maxlen = tonumber(ARGV[4])
+        if maxlen > 0 then
+          args[#args + 1] = 'MAXLEN'
+          args[#args + 1] = '~'
+          args[#args + 1] = ARGV[4]
+        end
+        args[#args + 1] = '*'
+        for i = 7, #ARGV do args[#args + 1] = ARGV[i] end
+        local entry = redis.call(unpack(args))
+        local maxage = tonumber(ARGV[5])
+        if maxage > 0 then
+          redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now - maxage * 1000))
+        end
+        if id ~= '' then
+          redis.call('ZADD', KEYS[2], now, id)
+          redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', now - window * 1000))
+          local size = tonumber(ARGV[3])
+          if redis.call('ZCARD', KEYS[2]) > size then
+            redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
+          end
+          redis.call('PEXPIRE', KEYS[2], window * 1000)
+        end
+        redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+        return entry
+        """)
+
+    static func arguments(_ write: PlannedWrite, window: DedupWindow, statsKey: String) -> (keys: [[UInt8]], arguments: [[UInt8]]) {
+        let counter = write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered"
+        var arguments: [[UInt8]] = [
+            Array(write.dedupID.utf8), Array(String(window.seconds).utf8), Array(String(window.size).utf8),
+            Array(String(write.maxLength ?? 0).utf8), Array(String(write.maxAgeSeconds ?? 0).utf8), Array(counter.utf8),
+        ]
+        for (name, value) in write.fields {
+            arguments.append(Array(name.utf8))
+            arguments.append(value)
+        }
+        return ([Array(write.stream.utf8), Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8), Array(statsKey.utf8)], arguments)
+    }
+}
