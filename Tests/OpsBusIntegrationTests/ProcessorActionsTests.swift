@@ -127,6 +127,38 @@ struct ProcessorActionsTests {
         await processor.stop()
     }
 
+    @Test("every non-job event type lands in its entity's state")
+    func everyEventTypeHasAnEffect() async throws {
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let publisher = try await publisher(worker: "gpu-all")
+        try await publisher.workerRegistered(capabilities: ["txt2img"], version: "2.0")
+        try await publisher.workerHeartbeat(status: "idle", load: 0.25)
+        try await publisher.resourceAllocated(jobID: "job-all", resources: ["gpu_memory_mb": 8192])
+        try await publisher.resourceReleased(jobID: "job-other", resources: ["gpu_memory_mb": 4096])
+        try await publisher.queueState(queue: "q-all", depth: 3, capacity: 50)
+        try await publisher.serviceHealth(service: "svc-all", status: "degraded")
+        try await publisher.modelLoaded(model: "m-all", loadTimeMs: 900, cacheHit: true)
+        try await publisher.trigger(.triggerWorkflow, subject: "wf-1", reason: "upscale after txt2img")
+        try await publisher.workerDeregistered(reason: "maintenance")
+        #expect(try await waitUntil { try redis.command(["HGET", keys.stats, "events_received"]).int == 10 })
+        func hash(_ key: String) throws -> [String: String] { try redis.command(["HGETALL", key]).hashDictionary() }
+        let worker = try hash(keys.worker("gpu-all"))
+        #expect(worker["registered_at"] != nil && worker["version"] == "2.0")
+        #expect(worker["heartbeats"] == "1" && worker["last_heartbeat"] != nil)
+        #expect(worker["status"] == "deregistered" && worker["reason"] == "maintenance")
+        let resources = try hash(keys.resources("gpu-all"))
+        #expect(resources["job:job-all"]?.contains("8192") == true)
+        #expect(resources["job:job-other"] == "released")
+        #expect(try hash(keys.entity("queue", "q-all"))["depth"] == "3")
+        #expect(try hash(keys.entity("service", "svc-all"))["status"] == "degraded")
+        let model = try hash(keys.entity("model", "m-all"))
+        #expect(model["loads"] == "1" && model["cache_hits"] == "1" && model["total_load_time_ms"] == "900")
+        #expect(try hash(keys.entity("trigger", "wf-1"))["reason"] == "upscale after txt2img")
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
     @Test("with automation off, the processor only records state")
     func automationOff() async throws {
         let processor = try await RunningProcessor.start(servers) { $0.automation = false }
