@@ -62,9 +62,8 @@ struct ProcessorFaultTests {
             let id = event.envelope.jobID!.rawValue
             let length = try Kit.timelineLength(id, redis)
             let state = try Kit.job(id, redis)
-            if length != 1 { wrong.append("\(id): timeline \(length)") }
-            if state["status"] != "completed" || state["last_event_id"] != event.envelope.eventID {
-                wrong.append("\(id): \(state)")
+            if length != 1 || state["status"] != "completed" || state["last_event_id"] != event.envelope.eventID {
+                wrong.append("\(id): timeline \(length), state \(state)")
             }
         }
         #expect(wrong.isEmpty, "\(wrong.count) jobs not applied exactly once: \(wrong.prefix(10))")
