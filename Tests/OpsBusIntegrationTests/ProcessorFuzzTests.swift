@@ -304,4 +304,32 @@ struct ProcessorFuzzTests {
         await raw.disconnect()
         await processor.stop()
     }
+    /// `worker_assigned` names a worker; when the envelope has no `worker_id` the processor takes the worker from it
+    /// and builds Redis keys and indexes from it (`worker:{…}`, `jobs:worker:…`, in-flight and resource keys). A value
+    /// that breaks the id rule must be refused like an invalid `worker_id`, not become a worker.
+    @Test("an invalid worker_assigned is refused, not used as a worker id",
+          .disabled("""
+              BUG: RedisPlan takes the worker from `worker_assigned` when the envelope has no worker_id without \
+              checking the id rule (EventCatalog types it as a plain string), so the job gets worker_id "../../etc" \
+              and keys worker:{../../etc}, jobs:worker:../../etc, worker:{…}:inflight are created
+              """),
+          arguments: ["../../etc", "gpu 1", "gpu}:inflight", "gpu\u{0}1", String(repeating: "w", count: 3000)])
+    func invalidWorkerAssignedIsRefused(worker: String) async throws {
+        let servers = try TestServers()
+        let processor = try await Kit.Processor(configuration: Kit.configuration(
+            mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint, clientID: "fuzz-worker-assigned"))
+        let redis = try servers.redisConnection()
+        let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "fuzz-worker-assigned-pub")
+        let factory = EventFactory(context: PublisherContext())  // no worker_id in the envelope
+        let started = try factory.prepare(.jobStarted, fields: ["worker_assigned": .string(worker)],
+                                          options: .init(jobID: try Identifier(validating: "assigned-1")))
+        try await Kit.publish([started], with: raw)
+        try await Kit.awaitLifecycleEvents(1, redis)
+        #expect(processor.counters.deadLettered == 1, "\(processor.counters)")
+        #expect(try Kit.job("assigned-1", redis)["worker_id"] == nil)
+        #expect(try redis.command(["EXISTS", Kit.keys.worker(worker), Kit.keys.jobsByWorker(worker),
+                                   Kit.keys.workerInflight(worker)]).int == 0, "keys were made from the invalid id")
+        await raw.disconnect()
+        await processor.stop()
+    }
 }
