@@ -9,7 +9,8 @@ A request is logged when it arrives, before it is answered.
 Behaviour by request index (0-based, in order of arrival):
   index < --hang-first                       : hang for --hang-seconds, then close without answering
   index < --hang-first + --fail-first        : 500 with the body "receiver failure for test"
-  otherwise                                  : --status (default 200) with {"ok":true}
+  otherwise                                  : --status (default 200) with {"ok":true}, plus a Location header
+                                               when --location is given (to test that redirects are not followed)
 
 It lives outside the test targets (Tests/Fixtures) so SwiftPM does not complain about an unhandled file.
 """
@@ -45,6 +46,7 @@ def main() -> None:
     parser.add_argument("--hang-first", type=int, default=0)
     parser.add_argument("--hang-seconds", type=float, default=3600)
     parser.add_argument("--status", type=int, default=200)
+    parser.add_argument("--location")
     parser.add_argument("--secret")
     args = parser.parse_args()
 
@@ -90,6 +92,8 @@ def main() -> None:
             self.send_response(status)
             self.send_header("Content-Type", "text/plain" if outcome == "fail" else "application/json")
             self.send_header("Content-Length", str(len(payload)))
+            if args.location and outcome == "ok":
+                self.send_header("Location", args.location)
             self.end_headers()
             self.wfile.write(payload)
 

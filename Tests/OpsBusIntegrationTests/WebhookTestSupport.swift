@@ -31,16 +31,18 @@ final class WebhookReceiver: Sendable {
 
     /// Starts the receiver on `port` (a free one when nil) and waits until it accepts connections.
     init(
-        port: UInt16? = nil, failFirst: Int = 0, hangFirst: Int = 0, hangSeconds: Double = 3600, secret: String? = nil
+        port: UInt16? = nil, failFirst: Int = 0, hangFirst: Int = 0, hangSeconds: Double = 3600, secret: String? = nil,
+        status: Int = 200, location: String? = nil
     ) async throws {
         let port = try port ?? LoopbackPort.allocate()
         let logFile = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-webhook-\(UUID().uuidString).jsonl")
         _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
         var arguments = [
             Self.script, "--port", String(port), "--log", logFile.path, "--fail-first", String(failFirst),
-            "--hang-first", String(hangFirst), "--hang-seconds", String(hangSeconds),
+            "--hang-first", String(hangFirst), "--hang-seconds", String(hangSeconds), "--status", String(status),
         ]
         if let secret { arguments += ["--secret", secret] }
+        if let location { arguments += ["--location", location] }
         let child = try ChildProcess("/usr/bin/env", ["python3"] + arguments)
         self.port = port
         self.child = child
@@ -65,7 +67,7 @@ final class WebhookReceiver: Sendable {
         }.sorted { $0.index < $1.index }
     }
 
-    /// Requests the receiver answered with a 2xx.
+    /// Requests the receiver answered with its `status`.
     var accepted: [Request] { requests.filter { $0.outcome == "ok" } }
 
     func stop() {

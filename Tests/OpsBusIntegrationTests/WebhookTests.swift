@@ -261,6 +261,24 @@ struct WebhookTests {
         #expect(first.counters.delivered == 0 || second.counters.delivered == 0, "only the lease holder sends")
     }
 
+    @Test("a redirect is not followed: it is a failed attempt, and the redirect target gets nothing")
+    func redirectsAreNotFollowed() async throws {
+        let redis = try WebhookTestRedis()
+        let target = try await WebhookReceiver()
+        let redirecting = try await WebhookReceiver(status: 307, location: target.url)
+        let endpoint = try WebhookEndpoint(name: "redirecting", url: redirecting.url, maxAttempts: 1)
+        let outbox = WebhookOutbox()
+        let connection = try redis.connection()
+        try outbox.enqueue(connection, endpoint: "redirecting", notificationID: "n-307", body: WebhookOutbox.testBody("n-307"))
+
+        let deliverer = try RunningDeliverer(redis: redis.endpoint, endpoints: [endpoint], outbox: outbox)
+        #expect(try await waitUntil { deliverer.counters.deadLettered == 1 })
+        await deliverer.stop()
+        #expect(redirecting.requests.count == 1)
+        #expect(target.requests.isEmpty)
+        #expect(try outbox.deadLetters(connection, endpoint: "redirecting").first?.lastError.contains("HTTP 307") == true)
+    }
+
     @Test("enqueue refuses bad input with a clear error")
     func enqueueValidates() throws {
         let redis = try WebhookTestRedis()

@@ -182,6 +182,7 @@ private struct EndpointDelivery: Sendable {
                 claim = try await lane.run { redis throws(RedisError) in
                     try outbox.claim(redis, endpoint: name, owner: owner, leaseSeconds: leaseSeconds)
                 }
+                if redisFailures > 0 { logger.info("webhook outbox available again", metadata: ["failures": "\(redisFailures)"]) }
                 redisFailures = 0
             } catch {
                 redisFailures += 1
