@@ -279,6 +279,26 @@ struct WebhookTests {
         #expect(try outbox.deadLetters(connection, endpoint: "redirecting").first?.lastError.contains("HTTP 307") == true)
     }
 
+    @Test("a Redis restart pauses delivery; the deliverer reconnects and nothing is lost")
+    func redisRestart() async throws {
+        let redis = try WebhookTestRedis()
+        let receiver = try await WebhookReceiver()
+        let endpoint = try WebhookEndpoint(name: "default", url: receiver.url)
+        let outbox = WebhookOutbox()
+        let deliverer = try RunningDeliverer(redis: redis.endpoint, endpoints: [endpoint], outbox: outbox)
+        do {
+            let connection = try redis.connection()
+            try outbox.enqueue(connection, endpoint: "default", notificationID: "before", body: WebhookOutbox.testBody("before"))
+            #expect(try await waitUntil { deliverer.counters.delivered == 1 })
+        }
+        try redis.server.restart()  // SIGTERM: Redis writes its AOF, so the first delivery stays acknowledged
+        let connection = try redis.connection()
+        try outbox.enqueue(connection, endpoint: "default", notificationID: "after", body: WebhookOutbox.testBody("after"))
+        #expect(try await waitUntil { deliverer.counters.delivered == 2 })
+        await deliverer.stop()
+        #expect(receiver.requests.map { $0.headers["x-opsbus-notification-id"] } == ["before", "after"])
+    }
+
     @Test("enqueue refuses bad input with a clear error")
     func enqueueValidates() throws {
         let redis = try WebhookTestRedis()
