@@ -517,4 +517,49 @@ struct ProcessorOrderingTests {
         await raw.disconnect()
         await processor.stop()
     }
+    /// A worker starts a job and then goes offline; with shared subscriptions (or the broker sending the will on
+    /// its own) the offline report can be applied before the `job.started` that precedes it. The job must fail over
+    /// (`worker_lost`) in both orders, not stay `processing` on a worker that is gone.
+    @Test("a job in flight on a worker that goes offline fails over")
+    func failoverInOrder() async throws {
+        try await checkFailover(offlineFirst: false)
+    }
+
+    @Test("a job started on a worker whose offline report was applied first still fails over",
+          .disabled("""
+              BUG: EntityEventScript fails over only the jobs already in worker:{w}:inflight when the offline \
+              report is applied; a job.started of that worker applied afterwards (older timestamp, reordered) adds \
+              the job to the in-flight set of an offline worker and it stays `processing` for good (the heartbeat \
+              sweep skips offline workers)
+              """))
+    func failoverOfflineFirst() async throws {
+        try await checkFailover(offlineFirst: true)
+    }
+
+    func checkFailover(offlineFirst: Bool) async throws {
+        let processor = try await Kit.startProcessor(servers, clientID: "order-processor-failover-\(offlineFirst)")
+        let redis = try servers.redisConnection()
+        let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "order-pub-failover-\(offlineFirst)")
+        let worker = "gpu-lost-\(offlineFirst)"
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: worker)))
+        let jobID = "failover-\(offlineFirst)"
+        let online = try factory.prepare(.workerHealth, fields: ["status": "online"])
+        var started = try factory.prepare(.jobStarted, fields: ["worker_assigned": .string(worker)],
+                                          options: .init(jobID: try Identifier(validating: jobID)))
+        var offline = try factory.prepare(.workerHealth, fields: ["status": "offline", "reason": "connection lost"])
+        let now = EventTimestamp.now().millisecondsSinceEpoch
+        started.envelope.timestamp = EventTimestamp(millisecondsSinceEpoch: now + 1000)
+        offline.envelope.timestamp = EventTimestamp(millisecondsSinceEpoch: now + 2000)
+        try await Kit.publish(offlineFirst ? [online, offline, started] : [online, started, offline], with: raw)
+        let failedOver = try await waitUntil(timeout: 20) {
+            try Kit.job(jobID, redis)["error_type"] == "worker_lost"
+        }
+        let state = try Kit.job(jobID, redis)
+        #expect(failedOver, "the job never failed over: \(state)")
+        #expect(["retry_scheduled", "failed", "dead_lettered"].contains(state["status"] ?? "nil"), "\(state)")
+        #expect(try redis.command(["SCARD", Kit.keys.workerInflight(worker)]).int == 0)
+        #expect(try redis.command(["HGET", Kit.keys.worker(worker), "status"]).string == "offline")
+        await raw.disconnect()
+        await processor.stop()
+    }
 }
