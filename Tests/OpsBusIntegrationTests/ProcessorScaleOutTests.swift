@@ -249,6 +249,60 @@ struct ProcessorScaleOutTests {
         await staying.stop()
     }
 
+    /// The actions that leave Redis go through the outbox, which both instances relay: a lost worker's jobs must each
+    /// fail over once, and each due retry must be published once, whichever instance relays or claims it.
+    @Test("in a group, a lost worker's jobs fail over once each and each retry is triggered once")
+    func failoverAndRetriesOnceInAGroup() async throws {
+        let servers = try TestServers()
+        let one = try await Kit.startProcessor(servers, clientID: "group-fo-1", group: "g1")
+        let two = try await Kit.startProcessor(servers, clientID: "group-fo-2", group: "g1")
+        let redis = try servers.redisConnection()
+        let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "group-fo-pub")
+        let worker = "gpu-fo"
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: worker)))
+        let jobs = (0..<40).map { "fo-\($0)" }
+        var events = [try factory.prepare(.workerHealth, fields: ["status": "online"])]
+        for job in jobs {
+            events.append(try factory.prepare(.jobStarted, fields: ["worker_assigned": .string(worker)],
+                                              options: .init(jobID: try Identifier(validating: job))))
+        }
+        try await Kit.publish(events, with: raw)
+        try await Kit.awaitLifecycleEvents(jobs.count, redis)
+        #expect(try await waitUntil { try redis.command(["SCARD", Kit.keys.workerInflight(worker)]).int == Int64(jobs.count) })
+        try await Kit.publish([try factory.prepare(.workerHealth, fields: ["status": "offline", "reason": "lost"])], with: raw)
+
+        // Each job fails over once: exactly one job.failed per job reaches the processors.
+        let failedOver = try await waitUntil(timeout: 30) {
+            try jobs.allSatisfy { try Kit.job($0, redis)["error_type"] == "worker_lost" }
+        }
+        #expect(failedOver, "not every job failed over")
+        #expect(try await waitUntil(timeout: 10) { Kit.counter(try Kit.stats(redis), "type:job.failed") >= jobs.count })
+        // worker_lost retries are due after a few seconds; each is claimed and published once.
+        let triggered = try await waitUntil(timeout: 40) {
+            let pending = try redis.command(["ZCARD", Kit.keys.retries]).int ?? -1
+            return try Kit.counter(Kit.stats(redis), "type:trigger.retry") >= jobs.count && pending == 0
+        }
+        let pending = try redis.command(["ZCARD", Kit.keys.retries])
+        let statsNow = try Kit.stats(redis)
+        #expect(triggered, "retries pending: \(pending), stats: \(statsNow)")
+        try await Task.sleep(for: .seconds(2))  // room for a second, wrong copy to show up
+        let stats = try Kit.stats(redis)
+        #expect(Kit.counter(stats, "type:job.failed") == jobs.count, "\(stats)")
+        #expect(Kit.counter(stats, "type:trigger.retry") == jobs.count, "\(stats)")
+        #expect(Kit.counter(stats, "outcome:duplicate") == 0, "an action was sent twice: \(stats)")
+        for job in jobs {
+            let state = try Kit.job(job, redis)
+            #expect(state["status"] == "retry_scheduled" && state["attempt"] == "1", "\(job): \(state)")
+            #expect(try Kit.timelineLength(job, redis) == 2, "\(job): started and one failover")
+            #expect(try redis.command(["HGET", Kit.keys.entity("trigger", job), "count"]).string == "1", "\(job) retry count")
+        }
+        #expect(try await waitUntil(timeout: 10) { try redis.command(["XLEN", Kit.keys.outbox]).int == 0 }, "outbox drained")
+        #expect(one.counters.received > 0 && two.counters.received > 0)
+        await raw.disconnect()
+        await one.stop()
+        await two.stop()
+    }
+
     /// Sum of the `…:count` fields of every hourly success-pattern bucket (fixed timestamps: a couple of hours).
     func successPatternCount(_ redis: RedisConnection) throws -> Int {
         var total = 0
