@@ -34,6 +34,7 @@ public final class Bridge: Sendable {
     private let counters = StatisticsBox()
     private let client: MQTTClient
     private let stopping = Mutex(false)
+    private let subscribed = Mutex(false)
     private let logger: Logger
 
     /// Validates the configuration, opens (and recovers) the journal and creates the MQTT client. No network yet.
@@ -53,6 +54,9 @@ public final class Bridge: Sendable {
             journal: journal, routes: routes, configuration: configuration, statistics: counters, logger: logger)
     }
 
+    /// True once the first SUBACK arrived: messages published from then on reach the bridge.
+    public var isSubscribed: Bool { subscribed.withLock { $0 } }
+
     public var statistics: BridgeStatistics { counters.value.withLock { $0 } }
 
     /// The journal's committed position and bytes in use (for tests and `opsbus streams`).
@@ -71,6 +75,7 @@ public final class Bridge: Sendable {
             try await client.connect(waitForBroker: true)
             let filters = routes.subscriptionFilters
             try await client.subscribe(filters, qos: .atLeastOnce)
+            subscribed.withLock { $0 = true }
             logger.info("bridge subscribed", metadata: [
                 "filters": "\(filters.joined(separator: " "))", "client_id": "\(configuration.clientID)",
                 "journal": "\(configuration.journalDirectory)",
