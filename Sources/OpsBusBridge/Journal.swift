@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import OpsBusCore
 import Synchronization
 
 #if canImport(Glibc)
@@ -61,6 +62,9 @@ public final class Journal: Sendable {
     }
 
     public let directory: String
+    /// A random id created with the journal directory (file `identity`). Dedup ids derived from journal positions
+    /// include it, so a recreated journal (positions starting again at 0) can never collide with an old one.
+    public let identity: String
     public let maxBytes: Int64
     public let segmentBytes: Int64
     public let fsync: JournalFsync
@@ -94,6 +98,12 @@ public final class Journal: Sendable {
                 reason: "in use by another bridge process (each bridge instance needs its own journal directory)")
         }
         self.lockDescriptor = lockDescriptor
+        do {
+            identity = try Self.loadIdentity(directory)
+        } catch {
+            Glibc.close(lockDescriptor)
+            throw error
+        }
 
         do {
             var segments = try Self.listSegments(directory)
@@ -112,7 +122,9 @@ public final class Journal: Sendable {
             }
             var sizes: [UInt64: Int64] = [:]
             for segment in segments { sizes[segment] = try Self.fileSize(Self.segmentPath(directory, segment)) }
-            let next = max((segments.last.map { $0 + 1 }) ?? committed.segment, committed.segment)
+            // Segment numbers only grow (even if segment files were removed by hand), so a journal position, and the
+            // `j:` dedup id built from it, is never reused within one journal identity.
+            let next = max((segments.last.map { $0 + 1 }) ?? 0, committed.segment + 1)
             let descriptor = try Self.openSegment(directory, next)
             sizes[next] = 0
             state = Mutex(AppendState(
@@ -331,6 +343,25 @@ public final class Journal: Sendable {
             guard name.hasPrefix("segment-"), name.hasSuffix(".journal") else { return nil }
             return UInt64(name.dropFirst("segment-".count).dropLast(".journal".count))
         }.sorted()
+    }
+
+    static func loadIdentity(_ directory: String) throws(BridgeError) -> String {
+        let path = directory + "/identity"
+        if FileManager.default.fileExists(atPath: path) {
+            let text = String(decoding: try readFile(path, offset: 0, length: 128), as: UTF8.self)
+                .trimmingCharacters(in: .whitespacesAndNewlines)
+            guard !text.isEmpty else { throw .journalIO(path: path, operation: "parse", reason: "empty identity file") }
+            return text
+        }
+        let identity = EventID.make()
+        let temporary = path + ".tmp"
+        do {
+            try Data((identity + "\n").utf8).write(to: URL(fileURLWithPath: temporary))
+        } catch {
+            throw .journalIO(path: temporary, operation: "write", reason: "\(error)")
+        }
+        guard rename(temporary, path) == 0 else { throw ioError(path, "rename") }
+        return identity
     }
 
     static func readCommitted(_ directory: String) throws(BridgeError) -> JournalPosition? {

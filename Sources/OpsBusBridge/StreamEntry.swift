@@ -49,16 +49,19 @@ public struct PlannedWrite: Sendable, Hashable {
 /// bridge does not validate envelopes (it mirrors what was published; the processor validates).
 ///
 /// **Dedup id** (`PlannedWrite.dedupID`): `e:<event_id>` when the payload has an `event_id`; else
-/// `s:<session_id>:<seq>` when it has both; else `j:<bridge>:<segment>:<offset>`, the record's journal position,
-/// which makes journal replays after a crash idempotent even for raw payloads (but not broker redeliveries of raw
-/// payloads: those are new journal records).
+/// `s:<session_id>:<seq>` when it has both; else, for a retained message, `r:<topic>:<content hash>` (the broker
+/// re-sends retained messages at every SUBSCRIBE, i.e. every bridge start); else `j:<journal identity>:<segment>:
+/// <offset>`, the record's journal position, which makes journal replays after a crash idempotent even for raw
+/// payloads (but not broker redeliveries of raw payloads: those are new journal records).
 ///
 /// Dead letters go to `bridge:deadletter` with `topic`, `reason`, `payload` (first `deadLetterPayloadBytes` bytes),
 /// `payload_bytes` (original size), `qos`, `retain`, `received_at`, `bridge`, and `route` (the route's filter).
 public enum StreamEntryFormat {
-    public static func plan(_ entry: JournalEntry, routes: RouteTable, configuration: BridgeConfiguration) -> PlannedWrite {
+    public static func plan(_ entry: JournalEntry, routes: RouteTable, configuration: BridgeConfiguration,
+                            journalIdentity: String = "") -> PlannedWrite {
         let record = entry.record
-        let journalID = "j:\(configuration.bridgeName):\(entry.position.segment):\(entry.position.offset)"
+        let journalID = "j:\(journalIdentity.isEmpty ? configuration.bridgeName : journalIdentity):"
+            + "\(entry.position.segment):\(entry.position.offset)"
         func deadLetter(_ reason: String, route: BridgeRoute?) -> PlannedWrite {
             var fields: [(String, [UInt8])] = [
                 ("topic", Array(record.topic.utf8)), ("reason", Array(reason.utf8)),
@@ -108,6 +111,10 @@ public enum StreamEntryFormat {
             dedupID = "e:" + eventID
         } else if let sessionID, let seq {
             dedupID = "s:\(sessionID):\(seq)"
+        } else if record.retain {
+            // The broker re-sends retained messages on every SUBSCRIBE (each bridge start): same topic and bytes
+            // within the window are the same retained state, mirrored once.
+            dedupID = "r:\(record.topic):\(contentHash(record.payload))"
         } else {
             dedupID = journalID
         }
@@ -122,6 +129,14 @@ public enum StreamEntryFormat {
             ("received_at", Array(EventTimestamp(millisecondsSinceEpoch: record.receivedAtMilliseconds).iso8601.utf8)),
             ("bridge", Array(configuration.bridgeName.utf8)),
         ]
+    }
+
+    /// 96 bits (CRC-32 and FNV-1a 64) plus the length: enough to tell retained payloads of one topic apart.
+    static func contentHash(_ bytes: [UInt8]) -> String {
+        var fnv: UInt64 = 0xcbf2_9ce4_8422_2325
+        for byte in bytes { fnv = (fnv ^ UInt64(byte)) &* 0x0000_0100_0000_01B3 }
+        let crc = CRC32.checksum(bytes)
+        return String(crc, radix: 16) + String(fnv, radix: 16) + ":" + String(bytes.count)
     }
 
     /// The dedup set of a stream.

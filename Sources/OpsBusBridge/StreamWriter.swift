@@ -173,7 +173,9 @@ final class StreamWriter: @unchecked Sendable {
 
     /// One pipeline for the batch; Redis-rejected records are dead-lettered in a second pipeline.
     private func write(_ entries: [JournalEntry], _ connection: RedisConnection) throws(RedisError) {
-        let plans = entries.map { StreamEntryFormat.plan($0, routes: routes, configuration: configuration) }
+        let plans = entries.map {
+            StreamEntryFormat.plan($0, routes: routes, configuration: configuration, journalIdentity: journal.identity)
+        }
         var pipeline = connection.makePipeline()
         for plan in plans {
             let (keys, arguments) = BridgeScripts.arguments(plan, window: configuration.dedupWindow, statsKey: configuration.statsKey)

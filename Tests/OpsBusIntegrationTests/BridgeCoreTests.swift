@@ -100,7 +100,7 @@ struct BridgeJournalTests {
                                    receivedAtMilliseconds: 42)
         do {
             let journal = try Journal(directory: directory)
-            #expect(journal.append(record("jobs/j-1/completed", #"{"a":1}"#)) == .appended(JournalPosition(segment: 0, offset: 0)))
+            #expect(journal.append(record("jobs/j-1/completed", #"{"a":1}"#)) == .appended(JournalPosition(segment: 1, offset: 0)))
             guard case .appended = journal.append(binary) else { Issue.record("append failed"); return }
             let (entries, next) = try journal.read(from: journal.committed, maxRecords: 10)
             #expect(entries.map(\.record) == [record("jobs/j-1/completed", #"{"a":1}"#), binary])
@@ -113,8 +113,15 @@ struct BridgeJournalTests {
         #expect(entries[1].record == binary)
         try reopened.commit(entries[1].next)
         reopened.close()
+        let identity = reopened.identity
         let again = try Journal(directory: directory)
         #expect(try again.read(from: again.committed, maxRecords: 10).entries.isEmpty, "committed records are not replayed")
+        #expect(again.identity == identity, "the identity is kept across opens")
+        #expect(again.appendedEnd.segment > entries[1].position.segment, "positions are never reused")
+        again.close()
+        try FileManager.default.removeItem(atPath: directory)
+        let recreated = try Journal(directory: directory)
+        #expect(recreated.identity != identity, "a recreated journal gets a new identity, so its j: dedup ids are new")
     }
 
     @Test("a torn last record is cut off at reopen; the records before it stay")
@@ -126,7 +133,7 @@ struct BridgeJournalTests {
             for index in 0..<3 { _ = journal.append(record("t/\(index)", "payload-\(index)")) }
             journal.close()
         }
-        let segment = Journal.segmentPath(directory, 0)
+        let segment = Journal.segmentPath(directory, 1)
         let full = try Data(contentsOf: URL(fileURLWithPath: segment))
         // Cut the last record in half, as if the process died inside write(2).
         let lastSize = record("t/2", "payload-2").encoded().count
@@ -148,7 +155,7 @@ struct BridgeJournalTests {
             for index in 0..<3 { _ = journal.append(record("t/\(index)", "payload-\(index)")) }
             journal.close()
         }
-        let segment = Journal.segmentPath(directory, 0)
+        let segment = Journal.segmentPath(directory, 1)
         var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: segment)))
         let size = record("t/0", "payload-0").encoded().count
         bytes[size + size - 2] ^= 0x40  // inside the payload of the second record
@@ -205,8 +212,8 @@ struct BridgeEntryFormatTests {
         routes: [try! BridgeRoute(parsing: "jobs/#=events:{1};json;maxbytes=100"), try! BridgeRoute(parsing: "raw/#=raw")],
         instance: "b1")
 
-    func plan(_ topic: String, _ payload: [UInt8], offset: Int64 = 0) -> PlannedWrite {
-        var journalRecord = JournalRecord(topic: topic, payload: payload, qos: 1, retain: true, receivedAtMilliseconds: 0)
+    func plan(_ topic: String, _ payload: [UInt8], offset: Int64 = 0, retain: Bool = true) -> PlannedWrite {
+        var journalRecord = JournalRecord(topic: topic, payload: payload, qos: 1, retain: retain, receivedAtMilliseconds: 0)
         journalRecord.originalPayloadBytes = payload.count
         return StreamEntryFormat.plan(
             JournalEntry(position: JournalPosition(segment: 3, offset: offset), next: JournalPosition(segment: 3, offset: offset + 1),
@@ -230,8 +237,21 @@ struct BridgeEntryFormatTests {
     @Test("dedup ids: session+seq, else the journal position")
     func dedupIDs() {
         #expect(plan("jobs/j/x", Array(#"{"session_id":"s","seq":9}"#.utf8)).dedupID == "s:s:9")
-        #expect(plan("raw/x", [0, 1, 2], offset: 77).dedupID == "j:b1:3:77")
+        #expect(plan("raw/x", [0, 1, 2], offset: 77, retain: false).dedupID == "j:b1:3:77")
         #expect(plan("raw/x", [0, 1, 2]).field("payload") == [0, 1, 2])
+        var retained = JournalRecord(topic: "raw/r", payload: [1, 2], qos: 1, retain: true, receivedAtMilliseconds: 0)
+        func retainedID(_ record: JournalRecord, offset: Int64) -> String {
+            StreamEntryFormat.plan(
+                JournalEntry(position: .init(segment: 1, offset: offset), next: .init(segment: 1, offset: offset + 1), record: record),
+                routes: RouteTable(configuration.routes), configuration: configuration, journalIdentity: "J").dedupID
+        }
+        let first = retainedID(retained, offset: 0)
+        #expect(first.hasPrefix("r:raw/r:"))
+        #expect(retainedID(retained, offset: 99) == first, "a re-sent retained message has the same id")
+        retained.payload = [1, 3]
+        #expect(retainedID(retained, offset: 99) != first, "new retained content is a new entry")
+        retained.retain = false
+        #expect(retainedID(retained, offset: 99) == "j:J:1:99")
     }
 
     @Test("validation failures become dead letters with the reason")
