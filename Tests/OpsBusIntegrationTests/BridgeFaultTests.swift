@@ -141,6 +141,46 @@ struct BridgeFaultTests {
         await bridge.stop()
     }
 
+    @Test("broker restarted (SIGTERM, persistence) under load: the durable session resumes, every event once")
+    func brokerRestart() async throws {
+        let redis = try servers.redisConnection()
+        let bridge = try await RunningBridge.start(servers)
+        let total = 1000
+        let publisher = try await SteadyPublisher(servers, count: total)
+        #expect(try await waitUntil(timeout: 60) { try xlen(redis, "events:jobs") >= 200 })
+        try servers.broker.restart()
+        let acknowledged = try await publisher.task.value
+        #expect(acknowledged.count == total)
+        #expect(try await waitUntil(timeout: 60) { try xlen(redis, "events:jobs") >= total })
+        try await Task.sleep(for: .milliseconds(300))
+        let stored = try eventIDs(redis, "events:jobs")
+        #expect(stored.count == total, "no duplicates (publisher resends after the restart carry the same event_id)")
+        let missing = Set(acknowledged).subtracting(stored).count
+        #expect(missing == 0)
+        await bridge.stop()
+    }
+
+    @Test("retained messages re-sent at each bridge start are mirrored once; new retained content is a new entry")
+    func retainedAcrossRestarts() async throws {
+        let journal = bridgeTestDirectory()
+        defer { try? FileManager.default.removeItem(atPath: journal) }
+        let redis = try servers.redisConnection()
+        let publisher = try await bridgeTestPublisher(servers)
+        try await publisher.publish(topic: "raw/r", payload: Array("state-1".utf8), qos: .atLeastOnce, retain: true)
+        var bridge = try await RunningBridge.start(servers, routes: ["raw/#=raw"], journal: journal)
+        #expect(try await waitUntil { try xlen(redis, "raw") == 1 })
+        await bridge.stop()
+        bridge = try await RunningBridge.start(servers, routes: ["raw/#=raw"], journal: journal)
+        #expect(try await waitUntil { try redis.command(["HGET", "opsbus:stats", "bridge_duplicates"]).int == 1 },
+                "the re-sent retained message was recognised")
+        try await publisher.publish(topic: "raw/r", payload: Array("state-2".utf8), qos: .atLeastOnce, retain: true)
+        #expect(try await waitUntil { try xlen(redis, "raw") == 2 })
+        #expect(try streamEntries(redis, "raw").map { text($0.fields["retain"]) } == ["1", "0"],
+                "a retained message delivered live arrives with retain 0 (MQTT 3.1.1), at subscribe time with 1")
+        await publisher.disconnect()
+        await bridge.stop()
+    }
+
     @Test("messages acknowledged while Redis is down live only in the journal: kill -9, restart, all written once")
     func journalSurvivesKillWhileRedisDown() async throws {
         let journal = bridgeTestDirectory()
