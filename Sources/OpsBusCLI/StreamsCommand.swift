@@ -44,10 +44,12 @@ struct StreamsCommand: AsyncParsableCommand {
                 for stream in streams where seen.insert(stream).inserted { targets.append((route.description, stream)) }
             }
             if seen.insert("bridge:deadletter").inserted { targets.append(("(dead letters)", "bridge:deadletter")) }
+            let table = RouteTable(routes)
             for (route, stream) in targets {
                 let type = try redis.command(["TYPE", stream]).string ?? "none"
                 var info: [String: RedisReply] = [:]
                 var groups: [[String: String]] = []
+                var owner = route
                 if type == "stream" {
                     let reply = try redis.command(["XINFO", "STREAM", stream]).array ?? []
                     var index = 0
@@ -56,10 +58,17 @@ struct StreamsCommand: AsyncParsableCommand {
                         index += 2
                     }
                     groups = (try redis.command(["XINFO", "GROUPS", stream]).array ?? []).map { $0.hashDictionary() }
+                    // Several template routes can share a pattern (the defaults all use events:{1}): name the route
+                    // that the newest entry's topic matches.
+                    if stream != "bridge:deadletter", let last = info["last-entry"].flatMap(StreamEntry.init(reply:)),
+                        let topic = last.topic, let matched = table.route(for: topic)
+                    {
+                        owner = matched.description
+                    }
                 } else if type != "none" {
                     info["type"] = .status(type)
                 }
-                rows.append(Row(route: route, stream: stream, info: info, groups: groups))
+                rows.append(Row(route: owner, stream: stream, info: info, groups: groups))
             }
         } catch {
             throw CLIError("\(error)")

@@ -286,6 +286,7 @@ struct BridgeCommandTests {
         #expect(result.status == 0, "\(result.stderr)")
         let rows = try result.stdout.split(separator: "\n").map(parse)
         #expect(rows.map { $0["stream"]?.stringValue } == ["events:jobs", "raw", "bridge:deadletter"])
+        #expect(rows[0]["route"]?.stringValue == "jobs/#=events:{1};maxlen=1000000")
         #expect(rows[0]["length"]?.intValue == 5)
         #expect(rows[0]["first_id"]?.stringValue != nil)
         let group = try #require(rows[0]["groups"]?.arrayValue?.first?.objectValue)
@@ -296,5 +297,15 @@ struct BridgeCommandTests {
         let table = try await opsbus(["streams", "--route", "jobs/#=events:{1}"])
         #expect(table.stdout.contains("events:jobs\t5\t"))
         #expect(table.stdout.contains("group svc: consumers 1, pending 2, lag 3"))
+        // With the default routes (all events:{1}), each stream is attributed to the route its topics match.
+        let publisher = try await bridgeTestPublisher(servers)
+        let bridge = try await RunningBridge.start(servers)
+        try await publisher.publish(topic: "workers/w-1/health", payload: Array("{}".utf8), qos: .atLeastOnce)
+        #expect(try await waitUntil { try redis.command(["XLEN", "events:workers"]).int == 1 })
+        await bridge.stop()
+        await publisher.disconnect()
+        let defaults = try await opsbus(["streams", "--json"])
+        let workers = try defaults.stdout.split(separator: "\n").map(parse).first { $0["stream"]?.stringValue == "events:workers" }
+        #expect(workers?["route"]?.stringValue == "workers/+/+=events:{1};maxlen=1000000")
     }
 }
