@@ -6,8 +6,9 @@ import OpsBusRedis
 /// How long and how many message ids the bridge remembers per stream to suppress duplicates.
 ///
 /// Each stream `S` has a sorted set `bridge:dedup:S` (member: dedup id, score: Redis time in ms). An id is
-/// forgotten when it is older than `seconds` **or** pushed out by `size` newer ids, whichever comes first; the set
-/// itself expires `seconds` after the last write. A duplicate arriving after its id was forgotten creates a second
+/// forgotten when it is older than `seconds` **or** pushed out by `size` newer ids, whichever comes first (checked
+/// after each writer batch, so the set briefly holds up to `size` + one batch); the set itself expires `seconds`
+/// after the last batch that wrote to the stream. A duplicate arriving after its id was forgotten creates a second
 /// entry, so the window must cover the longest redelivery delay you expect (bridge outage + broker queue).
 /// Memory: about 100 bytes per remembered id.
 public struct DedupWindow: Sendable, Hashable {

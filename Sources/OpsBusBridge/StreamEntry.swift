@@ -143,53 +143,66 @@ public enum StreamEntryFormat {
     public static func dedupKey(stream: String) -> String { "bridge:dedup:" + stream }
 }
 
-/// The Lua script that makes an entry exactly-once: dedup check, XADD and trimming in one atomic step.
+/// The Lua scripts of the writer. `append` runs once per record and does only what must be atomic with the XADD;
+/// `trim` runs once per stream per batch and does the housekeeping (dedup window, age retention), which keeps the
+/// per-record cost low. Both take time from the Redis server (`TIME`), so trimming and the window do not depend on
+/// the bridge host's clock (Redis 7 replicates script effects, so `TIME` is safe).
 public enum BridgeScripts {
-    /// KEYS: stream, dedup set, stats hash. ARGV: dedup id ('' = none), window seconds, window size,
-    /// maxlen (0 = none), max age seconds (0 = none), counter field, then field/value pairs.
-    /// Returns the new entry id, or nil for a duplicate. Time comes from the Redis server (`TIME`), so trimming
-    /// and the window do not depend on the bridge host's clock (Redis 7 replicates script effects, so `TIME` is safe).
+    /// KEYS: stream, dedup set, stats hash. ARGV: dedup id ('' = none), maxlen (0 = none), counter field, then
+    /// field/value pairs. Returns the new entry id, or nil for a duplicate (counted in `bridge_duplicates`).
+    /// `MAXLEN ~` is applied by the XADD itself (cheap: whole radix-tree nodes only).
     public static let append = RedisScript(name: "bridge_append", source: """
-        local t = redis.call('TIME')
-        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
         local id = ARGV[1]
-        local window = tonumber(ARGV[2])
         if id ~= '' and redis.call('ZSCORE', KEYS[2], id) then
           redis.call('HINCRBY', KEYS[3], 'bridge_duplicates', 1)
           return false
         end
         local args = {'XADD', KEYS[1]}
-        local maxlen = tonumber(ARGV[4])
-        if maxlen > 0 then
+        if ARGV[2] ~= '0' then
           args[#args + 1] = 'MAXLEN'
           args[#args + 1] = '~'
-          args[#args + 1] = ARGV[4]
+          args[#args + 1] = ARGV[2]
         end
         args[#args + 1] = '*'
-        for i = 7, #ARGV do args[#args + 1] = ARGV[i] end
+        for i = 4, #ARGV do args[#args + 1] = ARGV[i] end
         local entry = redis.call(unpack(args))
-        local maxage = tonumber(ARGV[5])
-        if maxage > 0 then
-          redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now - maxage * 1000))
-        end
         if id ~= '' then
-          redis.call('ZADD', KEYS[2], now, id)
-          redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', now - window * 1000))
-          local size = tonumber(ARGV[3])
-          if redis.call('ZCARD', KEYS[2]) > size then
-            redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
-          end
-          redis.call('PEXPIRE', KEYS[2], window * 1000)
+          local t = redis.call('TIME')
+          redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
         end
-        redis.call('HINCRBY', KEYS[3], ARGV[6], 1)
+        redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
         return entry
         """)
 
-    static func arguments(_ write: PlannedWrite, window: DedupWindow, statsKey: String) -> (keys: [[UInt8]], arguments: [[UInt8]]) {
+    /// KEYS: stream, dedup set. ARGV: window seconds, window size, max age seconds (0 = none).
+    /// Forgets dedup ids older than the window, keeps at most `size` of them, lets an idle dedup set expire, and
+    /// applies `MINID ~ <now − max age>-0` to the stream.
+    public static let trim = RedisScript(name: "bridge_trim", source: """
+        local t = redis.call('TIME')
+        local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+        local window = tonumber(ARGV[1])
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('(%d', now - window * 1000))
+        local size = tonumber(ARGV[2])
+        if redis.call('ZCARD', KEYS[2]) > size then
+          redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(size + 1))
+        end
+        redis.call('PEXPIRE', KEYS[2], window * 1000)
+        local maxage = tonumber(ARGV[3])
+        if maxage > 0 then
+          redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d-0', now - maxage * 1000))
+        end
+        return 0
+        """)
+
+    static func trimArguments(stream: String, maxAgeSeconds: Int?, window: DedupWindow) -> (keys: [[UInt8]], arguments: [[UInt8]]) {
+        ([Array(stream.utf8), Array(StreamEntryFormat.dedupKey(stream: stream).utf8)],
+         [Array(String(window.seconds).utf8), Array(String(window.size).utf8), Array(String(maxAgeSeconds ?? 0).utf8)])
+    }
+
+    static func arguments(_ write: PlannedWrite, statsKey: String) -> (keys: [[UInt8]], arguments: [[UInt8]]) {
         let counter = write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered"
         var arguments: [[UInt8]] = [
-            Array(write.dedupID.utf8), Array(String(window.seconds).utf8), Array(String(window.size).utf8),
-            Array(String(write.maxLength ?? 0).utf8), Array(String(write.maxAgeSeconds ?? 0).utf8), Array(counter.utf8),
+            Array(write.dedupID.utf8), Array(String(write.maxLength ?? 0).utf8), Array(counter.utf8),
         ]
         for (name, value) in write.fields {
             arguments.append(Array(name.utf8))

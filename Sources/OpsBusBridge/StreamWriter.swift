@@ -177,11 +177,26 @@ final class StreamWriter: @unchecked Sendable {
             StreamEntryFormat.plan($0, routes: routes, configuration: configuration, journalIdentity: journal.identity)
         }
         var pipeline = connection.makePipeline()
+        var trims: [String: Int?] = [:]
+        var trimOrder: [String] = []
         for plan in plans {
-            let (keys, arguments) = BridgeScripts.arguments(plan, window: configuration.dedupWindow, statsKey: configuration.statsKey)
+            let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
             pipeline.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
+            if trims.updateValue(plan.maxAgeSeconds, forKey: plan.stream) == nil { trimOrder.append(plan.stream) }
         }
-        let replies = try pipeline.execute()
+        // Housekeeping once per stream per batch, after its appends, in the same round trip.
+        for stream in trimOrder {
+            let (keys, arguments) = BridgeScripts.trimArguments(
+                stream: stream, maxAgeSeconds: trims[stream] ?? nil, window: configuration.dedupWindow)
+            pipeline.appendEvaluate(BridgeScripts.trim, keys: keys, arguments: arguments)
+        }
+        let allReplies = try pipeline.execute()
+        for (stream, reply) in zip(trimOrder, allReplies.dropFirst(plans.count)) {
+            if case .error(let message) = reply {
+                logger.warning("trimming failed", metadata: ["stream": "\(stream)", "error": "\(message)"])
+            }
+        }
+        let replies = Array(allReplies.prefix(plans.count))
         var written = 0
         var duplicates = 0
         var deadLettered = 0
@@ -212,7 +227,7 @@ final class StreamWriter: @unchecked Sendable {
         if !rejected.isEmpty {
             var retry = connection.makePipeline()
             for plan in rejected {
-                let (keys, arguments) = BridgeScripts.arguments(plan, window: configuration.dedupWindow, statsKey: configuration.statsKey)
+                let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
                 retry.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
             }
             for (plan, reply) in zip(rejected, try retry.execute()) {
