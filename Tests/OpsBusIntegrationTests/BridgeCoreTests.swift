@@ -271,3 +271,23 @@ struct BridgeEntryFormatTests {
         #expect(plan("raw/x", Array("not json".utf8)).kind == .entry, "raw route does not require JSON")
     }
 }
+
+@Suite("Bridge journal fsync modes")
+struct BridgeJournalFsyncTests {
+    @Test("fsync always and batch append, commit and reopen like never", arguments: [JournalFsync.always, .batch])
+    func fsyncModes(mode: JournalFsync) throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        do {
+            let journal = try Journal(directory: directory, fsync: mode)
+            for index in 0..<5 { _ = journal.append(record("t/\(index)", "p")) }
+            journal.sync()
+            let (entries, next) = try journal.read(from: journal.committed, maxRecords: 3)
+            #expect(entries.count == 3)
+            try journal.commit(next)
+            journal.close()
+        }
+        let reopened = try Journal(directory: directory, fsync: mode)
+        #expect(try reopened.read(from: reopened.committed, maxRecords: 10).entries.map(\.record.topic) == ["t/3", "t/4"])
+    }
+}

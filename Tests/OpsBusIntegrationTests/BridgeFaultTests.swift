@@ -276,6 +276,31 @@ struct BridgeCommandTests {
         subscriber.stop()
     }
 
+    @Test("routes come from --route, else --config, else OPSBUS_BRIDGE_ROUTES, else the defaults; bad ones are refused")
+    func routeSources() async throws {
+        func routes(_ arguments: [String], environment: [String: String] = [:]) async throws -> [String] {
+            let result = try await run(try opsbusExecutable(), ["streams", "--json", "--redis-url", servers.redisURL] + arguments,
+                                       environment: environment)
+            #expect(result.status == 0, "\(result.stderr)")
+            return try result.stdout.split(separator: "\n").map(parse).compactMap { $0["stream"]?.stringValue }
+        }
+        let config = bridgeTestDirectory() + ".json"
+        defer { try? FileManager.default.removeItem(atPath: config) }
+        try Data(#"{"routes": [{"filter": "cfg/#", "stream": "from-config"}]}"#.utf8).write(to: URL(fileURLWithPath: config))
+        let environment = ["OPSBUS_BRIDGE_ROUTES": "env/#=from-env other/#=from-env-2;maxlen=5"]
+        #expect(try await routes(["--route", "a/#=from-flag"], environment: environment) == ["from-flag", "bridge:deadletter"])
+        #expect(try await routes(["--config", config], environment: environment) == ["from-config", "bridge:deadletter"])
+        #expect(try await routes([], environment: environment) == ["from-env", "from-env-2", "bridge:deadletter"])
+        #expect(try await routes([]) == ["bridge:deadletter"], "default template routes list only existing streams")
+        let bad = try await run(try opsbusExecutable(), ["bridge", "--route", "jobs/#/x=s", "--redis-url", servers.redisURL])
+        #expect(bad.status != 0 && bad.stderr.contains("jobs/#/x"))
+        let badEnv = try await run(try opsbusExecutable(), ["streams", "--redis-url", servers.redisURL],
+                                   environment: ["OPSBUS_BRIDGE_ROUTES": "nonsense"])
+        #expect(badEnv.status != 0 && badEnv.stderr.contains("OPSBUS_BRIDGE_ROUTES"))
+        let badFsync = try await run(try opsbusExecutable(), ["bridge", "--fsync", "sometimes"])
+        #expect(badFsync.status != 0 && badFsync.stderr.contains("--fsync"))
+    }
+
     @Test("streams lists routes, lengths, first/last ids and consumer groups with lag")
     func streams() async throws {
         _ = try await fill()
