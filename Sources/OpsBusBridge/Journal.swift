@@ -91,7 +91,14 @@ public final class Journal: Sendable {
         let lockPath = directory + "/lock"
         let lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
         guard lockDescriptor >= 0 else { throw Self.ioError(lockPath, "open") }
-        guard flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0 else {
+        // Retried briefly: a process that is just exiting, or a child forked by this process that has not reached
+        // exec yet (it holds a copy of the descriptor until then), may still hold the lock for a moment.
+        var locked = flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0
+        for _ in 0..<40 where !locked {
+            usleep(50_000)
+            locked = flock(lockDescriptor, LOCK_EX | LOCK_NB) == 0
+        }
+        guard locked else {
             Glibc.close(lockDescriptor)
             throw .journalIO(
                 path: directory, operation: "lock",
@@ -275,7 +282,8 @@ public final class Journal: Sendable {
                 break
             }
             let path = Self.segmentPath(directory, position.segment)
-            let length = Int(min(end - position.offset, Int64(max(budget, JournalRecord.headerBytes))))
+            // At most 1 MiB per read (a batch rarely needs more); a larger record is read whole below.
+            let length = Int(min(end - position.offset, Int64(max(min(budget, 1 << 20), JournalRecord.headerBytes))))
             var buffer = try Self.readFile(path, offset: position.offset, length: length)
             var consumed = 0
             var stop = false
