@@ -32,11 +32,7 @@ final class SteadyPublisher: Sendable {
             var acknowledged: [String] = []
             for index in 0..<count {
                 let envelope = bridgeEnvelope(job: "j-\(index % 7)", type: .jobProgress, seq: UInt64(index), session: "steady")
-                var fields = envelope.fields
-                fields["progress"] = .int(Int64(index % 100))
-                var withFields = envelope
-                withFields.fields = fields
-                try await client.publish(topic: topic(index), payload: withFields.encoded(), qos: .atLeastOnce)
+                try await client.publish(topic: topic(index), payload: envelope.encoded(), qos: .atLeastOnce)
                 acknowledged.append(envelope.eventID)
                 try await Task.sleep(for: pause)
             }

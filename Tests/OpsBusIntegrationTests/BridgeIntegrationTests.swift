@@ -49,9 +49,11 @@ func bridgeTestPublisher(_ servers: TestServers) async throws -> MQTTClient {
 
 func bridgeEnvelope(job: String, type: EventType = .jobCompleted, seq: UInt64, session: String = "sess-1",
                     eventID: String = EventID.make()) -> EventEnvelope {
+    // Valid envelopes (the required fields of their type), so consumers can decode what the bridge stored.
     var fields = JSONObject()
     switch type {
-    case .jobCompleted: fields = ["duration_ms": 10]
+    case .jobCompleted: fields = ["processing_time": 1.5]
+    case .jobProgress: fields = ["progress_percentage": .int(Int64(seq % 100))]
     default: break
     }
     return EventEnvelope(
@@ -228,6 +230,41 @@ struct BridgeIntegrationTests {
         try await publisher.publish(topic: "workers/w-1/health", payload: Array("{}".utf8), qos: .atLeastOnce)
         #expect(try await waitUntil { try xlen(redis, "bridge:deadletter") == 1 && xlen(redis, "events:workers") == 1 })
         #expect(text(try streamEntries(redis, "bridge:deadletter").first?.fields["reason"])?.contains("WRONGTYPE") == true)
+        await publisher.disconnect()
+        await bridge.stop()
+    }
+
+    @Test("StreamGroupConsumer: read, crash, own pending after restart, claim from a dead peer, acknowledge")
+    func groupConsumer() async throws {
+        let bridge = try await RunningBridge.start(servers)
+        let publisher = try await bridgeTestPublisher(servers)
+        let envelopes = (1...8).map { bridgeEnvelope(job: "j-\($0)", seq: UInt64($0)) }
+        for envelope in envelopes {
+            try await publisher.publish(topic: "jobs/\(envelope.jobID!)/completed", payload: envelope.encoded(), qos: .atLeastOnce)
+        }
+        let redis = try servers.redisConnection()
+        #expect(try await waitUntil { try xlen(redis, "events:jobs") == 8 })
+        func eventIDs(_ entries: [StreamEntry]) throws -> [String] {
+            try entries.map { try EventEnvelope.decode(try #require($0["payload"])).eventID }
+        }
+        let a = try StreamGroupConsumer(connection: redis, stream: "events:jobs", group: "svc", consumer: "a")
+        let first = try a.read(count: 3)
+        #expect(try eventIDs(first) == envelopes[0..<3].map(\.eventID))
+        try a.acknowledge([first[0].id])
+        // "a" crashes; a new "a" (same name) finds its two unacknowledged entries first.
+        let aAgain = try StreamGroupConsumer(
+            connection: try servers.redisConnection(), stream: "events:jobs", group: "svc", consumer: "a")
+        #expect(try aAgain.readOwnPending(count: 10).map(\.id) == first[1...].map(\.id))
+        // "b" reads the rest, then claims what "a" still holds.
+        let b = try StreamGroupConsumer(connection: try servers.redisConnection(), stream: "events:jobs", group: "svc", consumer: "b")
+        let rest = try b.read(count: 10, blockMilliseconds: 100)
+        #expect(try eventIDs(rest) == envelopes[3...].map(\.eventID))
+        try b.acknowledge(rest.map(\.id))
+        #expect(try b.read(count: 10, blockMilliseconds: 50).isEmpty, "nothing new: BLOCK times out with an empty list")
+        let claimed = try b.claimStale(minIdleMilliseconds: 0, count: 10)
+        #expect(claimed.map(\.id) == first[1...].map(\.id))
+        #expect(try b.acknowledge(claimed.map(\.id)) == 2)
+        #expect(try b.pendingCount() == 0)
         await publisher.disconnect()
         await bridge.stop()
     }
