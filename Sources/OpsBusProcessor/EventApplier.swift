@@ -50,6 +50,14 @@ final class EventApplier {
         } catch {
             return .failure(RejectionReason("invalid event: \(error)"))
         }
+        if envelope.workerID == nil, let assigned = envelope.fields["worker_assigned"]?.stringValue {
+            // Without a worker_id, worker_assigned names the worker and becomes part of Redis keys.
+            do {
+                _ = try Identifier(validating: assigned, field: "worker_assigned")
+            } catch {
+                return .failure(RejectionReason("invalid event: \(error)"))
+            }
+        }
         do {
             try configuration.scheme.check(topic: topic, matches: envelope)
             return .success((envelope, try configuration.scheme.parse(topic).subject))

@@ -98,6 +98,17 @@ public final class EventProcessor: Sendable {
             }
             await group.waitForAll()
         }
+        if configuration.group != nil {
+            // Mosquitto keeps handing a durable group member its round-robin share while it is offline: a member
+            // that leaves for good (scale-down) would strand those events in its session. Leaving the group on a
+            // deliberate stop sends them to the members that remain; a crashed member keeps its session and gets
+            // its share when it returns.
+            do {
+                try await client.unsubscribe(configuration.subscriptionFilters)
+            } catch {
+                logger.warning("could not leave the shared-subscription group", metadata: ["error": "\(error)"])
+            }
+        }
         // The handler stays set until the connection is closed: a message arriving meanwhile is still applied before
         // its PUBACK (removing the handler first would route it to the hand-off stream, acknowledged but unapplied).
         await client.disconnect()

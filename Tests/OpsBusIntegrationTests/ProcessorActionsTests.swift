@@ -159,6 +159,33 @@ struct ProcessorActionsTests {
         await processor.stop()
     }
 
+    @Test("a job that asked for notifications gets signed webhooks, through a flaky receiver, exactly once each")
+    func notificationsReachTheWebhook() async throws {
+        let receiver = try await WebhookReceiver(failFirst: 2, secret: "hook-secret")
+        defer { receiver.stop() }
+        let endpoint = try WebhookEndpoint(name: WebhookEndpoint.defaultName, url: receiver.url, secret: "hook-secret",
+                                           timeout: 5, maxAttempts: 8)
+        let processor = try await RunningProcessor.start(servers) { $0.webhooks = [endpoint] }
+        let publisher = try await publisher(worker: "gpu-n")
+        let job = try publisher.withJobContext("job-n")
+        try await job.received(modelRequired: "sdxl", notify: true)
+        try await job.started()
+        try await job.completed(processingTime: 3.5, outputSize: 10, outputURLs: ["s3://out/job-n.png"])
+        try await publisher.withJobContext("job-quiet").completed(processingTime: 1, outputSize: 1)  // did not ask
+        #expect(try await waitUntil(timeout: 60) { receiver.accepted.count == 2 }, "\(receiver.requests.map(\.outcome))")
+        try await Task.sleep(for: .milliseconds(500))
+        let bodies = try receiver.accepted.map { try JSONValue.parse($0.body) }
+        #expect(bodies.compactMap { $0.objectValue?["event"]?.stringValue }.sorted() == ["job.completed", "job.started"])
+        #expect(bodies.allSatisfy { $0.objectValue?["job_id"]?.stringValue == "job-n" })
+        let completed = bodies.first { $0.objectValue?["event"]?.stringValue == "job.completed" }
+        #expect(completed?.objectValue?["output_urls"]?.arrayValue?.first?.stringValue == "s3://out/job-n.png")
+        #expect(receiver.accepted.allSatisfy { $0.signatureValid == true })
+        #expect(Set(receiver.accepted.compactMap { $0.headers["x-opsbus-notification-id"] }).count == 2)
+        #expect(receiver.accepted.count == 2, "no duplicates after the retries")
+        await publisher.disconnect()
+        await processor.stop()
+    }
+
     @Test("with automation off, the processor only records state")
     func automationOff() async throws {
         let processor = try await RunningProcessor.start(servers) { $0.automation = false }

@@ -400,13 +400,7 @@ struct ProcessorOrderingTests {
         await processor.stop()
     }
 
-    @Test("two interleaved attempts: the whole job hash is the same whatever the order",
-          .disabled("""
-              BUG: attempt 1's job.received arriving after any attempt-2 event is ignored as a stale attempt \
-              (JobEventScript rule 1), so the job-level fields only `received` carries (received_at, model_required, \
-              input_size, queue_position, notify) are present or missing depending on arrival order; and \
-              `next_attempt` (set when attempt 1's failure schedules a retry) is not cleared when attempt 2 begins
-              """))
+    @Test("two interleaved attempts: the whole job hash is the same whatever the order")
     func interleavedAttemptsWholeHash() async throws {
         // Stricter than the test above: every field, not only the ones the brief names. Kept separate so a
         // divergence in a secondary field (fields of attempt 1's `received`) is reported on its own.
@@ -443,12 +437,7 @@ struct ProcessorOrderingTests {
     /// Attempt 1 started on worker A (allocation recorded), then attempt 2 began on worker B before attempt 1's
     /// failure was applied; the late failure is a stale attempt and is ignored. Attempt 1's allocation must still be
     /// released and A must no longer show the job as its current one: the job is over.
-    @Test("a superseded attempt's worker releases the job's resources whatever the order",
-          .disabled("""
-              BUG: JobEventScript (new attempt branch, `if attempt > stored_attempt`) only SREMs the previous \
-              worker's in-flight set; resources:{A} keeps `job:<id>` and worker:{A} keeps current_job when \
-              attempt 1's failed event is not applied before attempt 2 begins
-              """))
+    @Test("a superseded attempt's worker releases the job's resources whatever the order")
     func supersededAttemptReleasesResources() async throws {
         let processor = try await Kit.startProcessor(servers, clientID: "order-processor-release")
         let redis = try servers.redisConnection()
@@ -482,12 +471,7 @@ struct ProcessorOrderingTests {
     /// A failure that schedules a retry of attempt 2 is overtaken when attempt 2 begins anyway (a replay, or the
     /// queue's own retry): the pending retry must go, or the scheduler later publishes `trigger.retry` for an attempt
     /// that already ran and the job runs a second time.
-    @Test("a pending retry is dropped once the attempt it would start has begun",
-          .disabled("""
-              BUG: JobEventScript adds `<job>|<next attempt>` to the `retries` sorted set on a failure but never \
-              removes it when that attempt's events arrive; ScheduledActions.claimDueRetries then publishes \
-              trigger.retry for an attempt that already ran (here: already completed)
-              """))
+    @Test("a pending retry is dropped once the attempt it would start has begun")
     func pendingRetryDroppedWhenAttemptBegins() async throws {
         let processor = try await Kit.startProcessor(servers, clientID: "order-processor-retry")
         let redis = try servers.redisConnection()
@@ -525,13 +509,7 @@ struct ProcessorOrderingTests {
         try await checkFailover(offlineFirst: false)
     }
 
-    @Test("a job started on a worker whose offline report was applied first still fails over",
-          .disabled("""
-              BUG: EntityEventScript fails over only the jobs already in worker:{w}:inflight when the offline \
-              report is applied; a job.started of that worker applied afterwards (older timestamp, reordered) adds \
-              the job to the in-flight set of an offline worker and it stays `processing` for good (the heartbeat \
-              sweep skips offline workers)
-              """))
+    @Test("a job started on a worker whose offline report was applied first still fails over")
     func failoverOfflineFirst() async throws {
         try await checkFailover(offlineFirst: true)
     }

@@ -228,13 +228,7 @@ struct ProcessorScaleOutTests {
 
     /// Scaling down: one instance stops for good (graceful shutdown, as on SIGTERM) and never returns. Events
     /// published afterwards must still be applied by the instances that remain.
-    @Test("after an instance leaves the group for good, the remaining instance applies every new event",
-          .disabled("""
-              BUG (design): the processor keeps a persistent session (7-day expiry with a group) and does not \
-              unsubscribe on shutdown; mosquitto 2.0 keeps handing a shared subscription's messages round-robin to \
-              offline members' sessions, so a stopped instance's share (about half with two instances) waits in its \
-              session until it returns, and is lost when the session expires if it never does
-              """))
+    @Test("after an instance leaves the group for good, the remaining instance applies every new event")
     func scaleDownStrandsNothing() async throws {
         let servers = try TestServers()
         let staying = try await Kit.startProcessor(servers, clientID: "group-staying", group: "g1")

@@ -47,6 +47,37 @@ local ctx = cjson.decode(ARGV[11])
 local first_field = 12
 local p = ctx.prefix
 
+local function outbox(fields)
+  local args = {p .. 'opsbus:outbox', 'MAXLEN', '~', '1000000', '*'}
+  for k, v in pairs(fields) do table.insert(args, k); table.insert(args, tostring(v)) end
+  table.insert(args, 'created_at'); table.insert(args, ts)
+  redis.call('XADD', unpack(args))
+end
+local function notify(kind, details)
+  if not ctx.notifications or redis.call('HGET', job, 'notify') ~= 'true' then return end
+  details.job_id = job_id
+  details.event = kind
+  details.status = redis.call('HGET', job, 'status')
+  details.attempt = attempt
+  details.timestamp = ts
+  outbox({kind = 'webhook', endpoint = 'default', notification_id = kind .. ':' .. event_id,
+          body = cjson.encode(details)})
+end
+local function release_resources(worker)
+  if worker then
+    redis.call('HDEL', p .. 'resources:{' .. worker .. '}', 'job:' .. job_id)
+    redis.call('SREM', p .. 'worker:{' .. worker .. '}:inflight', job_id)
+    local wkey = p .. 'worker:{' .. worker .. '}'
+    if redis.call('HGET', wkey, 'current_job') == job_id then
+      -- The worker is free again, unless it reported a newer health of its own.
+      redis.call('HDEL', wkey, 'current_job')
+      local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
+      if ctx.ts_ms >= state_ts and redis.call('HGET', wkey, 'status') == 'busy' then
+        redis.call('HSET', wkey, 'status', 'idle', 'state_ts', ctx.ts_ms)
+      end
+    end
+  end
+end
 local stored = redis.call('HMGET', job, 'status', 'attempt', 'progress', 'worker_id')
 local status, stored_attempt, progress = stored[1], tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
 local stored_worker = stored[4]
@@ -65,18 +96,28 @@ redis.call('HSET', job, 'last_event_id', event_id, 'last_event_at', ts, 'job_id'
 local target = implied[event]
 if target == nil then return {'ignored', status or '', status or '', 'unknown lifecycle event'} end
 if attempt == nil or attempt < 1 then return {'ignored', status or '', status or '', 'invalid attempt'} end
-if attempt < stored_attempt then return {'ignored', status or '', status or '', 'stale attempt'} end
+if attempt < stored_attempt then
+  -- What a `received` says (model, sizes, notify) is about the job, not the attempt: fill what is missing, so the
+  -- final hash does not depend on whether it arrived before a retry's events.
+  if event == 'received' then
+    for i = first_field, #ARGV, 2 do redis.call('HSETNX', job, ARGV[i], ARGV[i + 1]) end
+  end
+  return {'ignored', status or '', status or '', 'stale attempt'}
+end
 
 local previous = status
 if attempt > stored_attempt then
   -- A newer attempt starts clean: per-attempt fields go, history (timeline, attempts) stays. The previous
   -- attempt's worker no longer runs this job.
-  if stored_worker and ctx.automation then
-    redis.call('SREM', p .. 'worker:{' .. stored_worker .. '}:inflight', job_id)
+  if ctx.automation then
+    if stored_worker then release_resources(stored_worker) end
+    -- The attempt is running: a retry still scheduled for it (it started without waiting for the trigger,
+    -- e.g. a replay) must not fire later.
+    redis.call('ZREM', p .. 'retries', job_id .. '|' .. attempt)
   end
   redis.call('HDEL', job, 'progress', 'started_at', 'completed_at', 'failed_at', 'processing_time', 'output_size',
     'cost_estimate', 'resource_efficiency', 'error_type', 'error_message', 'error_category', 'retry_recommended',
-    'execution_step', 'retry_due_at', 'dead_letter_reason', 'worker_id')
+    'execution_step', 'retry_due_at', 'next_attempt', 'dead_letter_reason', 'worker_id')
   redis.call('HSET', job, 'attempt', attempt, 'attempts', attempt)
   status, progress = nil, 0
 end
@@ -129,43 +170,22 @@ redis.call('HSET', job, 'progress', tostring(new_progress))
 -- Automated actions, once per transition (a duplicate returned above; `filled` repeats nothing).
 if outcome ~= 'applied' or not ctx.automation then return {outcome, status, previous or '', ''} end
 
-local function outbox(fields)
-  local args = {p .. 'opsbus:outbox', 'MAXLEN', '~', '1000000', '*'}
-  for k, v in pairs(fields) do table.insert(args, k); table.insert(args, tostring(v)) end
-  table.insert(args, 'created_at'); table.insert(args, ts)
-  redis.call('XADD', unpack(args))
-end
-local function notify(kind, details)
-  if not ctx.notifications or redis.call('HGET', job, 'notify') ~= 'true' then return end
-  details.job_id = job_id
-  details.event = kind
-  details.status = status
-  details.attempt = attempt
-  details.timestamp = ts
-  outbox({kind = 'webhook', endpoint = 'default', notification_id = kind .. ':' .. event_id,
-          body = cjson.encode(details)})
-end
-local function release_resources(worker)
-  if worker then
-    redis.call('HDEL', p .. 'resources:{' .. worker .. '}', 'job:' .. job_id)
-    redis.call('SREM', p .. 'worker:{' .. worker .. '}:inflight', job_id)
-    local wkey = p .. 'worker:{' .. worker .. '}'
-    if redis.call('HGET', wkey, 'current_job') == job_id then
-      -- The worker is free again, unless it reported a newer health of its own.
-      redis.call('HDEL', wkey, 'current_job')
-      local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
-      if ctx.ts_ms >= state_ts and redis.call('HGET', wkey, 'status') == 'busy' then
-        redis.call('HSET', wkey, 'status', 'idle', 'state_ts', ctx.ts_ms)
-      end
-    end
-  end
-end
 local worker = worker_id
 if worker == '' then worker = stored_worker end
 local hour_ttl = 30 * 86400
 
 if target == 'processing' then
-  if worker and worker ~= '' then
+  local worker_status = worker and worker ~= '' and redis.call('HGET', p .. 'worker:{' .. worker .. '}', 'status')
+  if worker_status == 'offline' or worker_status == 'deregistered' then
+    -- The worker's death was applied before this (earlier-timestamped) start arrived, so no failover will come
+    -- from the worker side: fail the job over now, with the same derived id as that failover would have.
+    outbox({kind = 'publish', event_type = 'job.failed', subject = job_id, job_id = job_id, attempt = attempt,
+            worker_id = worker, event_id = 'wl-' .. redis.sha1hex(job_id .. '|' .. attempt .. '|' .. worker),
+            fields = cjson.encode({error = 'worker ' .. worker .. ' went offline during the job (' ..
+              (redis.call('HGET', p .. 'worker:{' .. worker .. '}', 'reason') or 'offline') .. ')',
+              error_type = 'worker_lost', error_category = 'infrastructure', error_recoverable = true,
+              retry_recommended = true, resource_impact = 'medium', user_impact = 'low'})})
+  elseif worker and worker ~= '' then
     local wkey = p .. 'worker:{' .. worker .. '}'
     redis.call('SADD', p .. 'worker:{' .. worker .. '}:inflight', job_id)
     redis.call('HSET', wkey, 'current_job', job_id)
