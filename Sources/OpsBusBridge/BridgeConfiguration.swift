@@ -10,12 +10,18 @@ import OpsBusRedis
 /// after each writer batch, so the set briefly holds up to `size` + one batch); the set itself expires `seconds`
 /// after the last batch that wrote to the stream. A duplicate arriving after its id was forgotten creates a second
 /// entry, so the window must cover the longest redelivery delay you expect (bridge outage + broker queue).
-/// Memory: about 100 bytes per remembered id.
+///
+/// Sizing: the duplicates the bridge itself causes are few and recent (a journal replay repeats at most the
+/// records after the last committed batch; a broker redelivery at most the in-flight window plus PUBACKs not yet
+/// sent), and publisher retries come within seconds. The defaults (24 h, 100,000 ids per stream) cover those with
+/// a wide margin; raise `size` if you expect re-publishes of older events (e.g. a `replay --to-mqtt` of a whole
+/// stream would otherwise append the events a second time). Memory: about 100 bytes per remembered id, so the
+/// default costs up to ~10 MB per stream.
 public struct DedupWindow: Sendable, Hashable {
     public var seconds: Int
     public var size: Int
 
-    public init(seconds: Int = 86_400, size: Int = 1_000_000) {
+    public init(seconds: Int = 86_400, size: Int = 100_000) {
         self.seconds = seconds
         self.size = size
     }
@@ -98,7 +104,7 @@ public struct BridgeConfiguration: Sendable {
 ///      "requireJSON": true, "maxPayloadBytes": 262144},
 ///     {"filter": "workers/+/health", "stream": "health:{2}", "maxLength": null}
 ///   ],
-///   "dedupWindowSeconds": 86400, "dedupWindowSize": 1000000,
+///   "dedupWindowSeconds": 86400, "dedupWindowSize": 100000,
 ///   "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000
 /// }
 /// ```

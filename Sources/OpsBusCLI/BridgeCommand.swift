@@ -6,7 +6,7 @@ import OpsBusCore
 /// Where the bridge routes come from, shared by `bridge`, `streams` and `replay`:
 /// `--route` flags, else `--config` file, else `$OPSBUS_BRIDGE_ROUTES`, else the default routes.
 struct BridgeRouteOptions: ParsableArguments {
-    @Option(name: .long, help: "JSON configuration file with routes and settings (see `opsbus bridge --help`).")
+    @Option(name: .long, help: "JSON configuration file with routes and settings (format: `opsbus bridge --help`).")
     var config: String?
 
     @Option(name: .customLong("route"), help: ArgumentHelp(
@@ -51,7 +51,7 @@ struct BridgeCommand: AsyncParsableCommand {
             [;maxbytes=N], e.g. 'jobs/#=events:jobs;maxlen=100000;json'.
             Config file (JSON): {"routes": [{"filter": "jobs/#", "stream": "events:{1}", "maxLength": 1000000, \
             "maxAgeSeconds": 86400, "requireJSON": true, "maxPayloadBytes": 262144}], "dedupWindowSeconds": 86400, \
-            "dedupWindowSize": 1000000, "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000}.
+            "dedupWindowSize": 100000, "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000}.
 
             Delivery: subscribes at QoS 1 with a durable session (client id opsbus-bridge[-<instance>]). Each \
             message is appended to a local journal (--journal) before the broker gets its PUBACK, so kill -9 loses \
@@ -83,7 +83,7 @@ struct BridgeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a dedup id is remembered (default 86400).")
     var dedupWindowSeconds: Int?
 
-    @Option(help: "Most dedup ids remembered per stream (default 1000000).")
+    @Option(help: "Most dedup ids remembered per stream (default 100000).")
     var dedupWindowSize: Int?
 
     @Option(help: "Records per Redis pipeline (default 1000).")
