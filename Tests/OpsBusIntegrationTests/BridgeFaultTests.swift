@@ -177,6 +177,27 @@ struct BridgeFaultTests {
         await bridge.stop()
     }
 
+    @Test("SIGTERM while Redis is down: exits 0 after the drain timeout; the next start writes the journal's rest")
+    func sigtermWhileRedisDown() async throws {
+        let journal = bridgeTestDirectory()
+        defer { try? FileManager.default.removeItem(atPath: journal) }
+        servers.redis.stop()
+        let bridge = try await BridgeChild(servers, journal: journal, extra: ["--drain-timeout", "1"])
+        let acknowledged = try await SteadyPublisher(servers, count: 100, pause: .zero).task.value
+        bridge.child.signal(SIGTERM)
+        #expect(try await bridge.child.wait(timeout: 30) == 0)
+        #expect(bridge.child.stderr.contains("stopping with unwritten journal records"))
+        try servers.redis.start()
+        let restarted = try await BridgeChild(servers, journal: journal)
+        let redis = try servers.redisConnection()
+        #expect(try await waitUntil(timeout: 60) { try xlen(redis, "events:jobs") >= 100 })
+        let stored = try eventIDs(redis, "events:jobs")
+        let inOrder = stored == acknowledged
+        #expect(inOrder)
+        restarted.child.signal(SIGTERM)
+        #expect(try await restarted.child.wait(timeout: 30) == 0)
+    }
+
     @Test("messages acknowledged while Redis is down live only in the journal: kill -9, restart, all written once")
     func journalSurvivesKillWhileRedisDown() async throws {
         let journal = bridgeTestDirectory()
