@@ -35,6 +35,8 @@ public final class Bridge: Sendable {
     private let client: MQTTClient
     private let stopping = Mutex(false)
     private let subscribed = Mutex(false)
+    /// After a rejection, messages are rejected until this instant; see `handle`.
+    private let rejectingUntil = Mutex<ContinuousClock.Instant?>(nil)
     private let logger: Logger
 
     /// Validates the configuration, opens (and recovers) the journal and creates the MQTT client. No network yet.
@@ -109,6 +111,13 @@ public final class Bridge: Sendable {
     /// still queued: the dedup ids absorb them).
     private func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
         if stopping.withLock({ $0 }) { return .reject }
+        // Order: a rejection shuts the socket, but messages already in the socket's receive buffer may still reach
+        // the handler. Accepting one of those would put it in the journal before the rejected message, which the
+        // broker redelivers later. So after a rejection, everything is rejected for a short while: long enough for
+        // the buffered messages (processed at once, in the same loop pass), shorter than the reconnect delay
+        // (MQTTReconnectPolicy.initialDelay, 0.5 s with jitter), after which the broker redelivers in order.
+        let now = ContinuousClock.now
+        if let until = rejectingUntil.withLock({ $0 }), now < until { return .reject }
         let limit = routes.route(for: message.topic)?.maxPayloadBytes ?? configuration.deadLetterPayloadBytes
         // Oversize payloads are dead-lettered anyway: journal only what the dead letter keeps, so one huge message
         // cannot fill the journal.
@@ -128,12 +137,14 @@ public final class Bridge: Sendable {
                 stats.rejected += 1
                 return stats.rejected
             }
+            rejectingUntil.withLock { $0 = now + .milliseconds(250) }
             if rejected == 1 || rejected % 1000 == 0 {
                 logger.warning("journal full; rejecting messages until the writer catches up (the broker keeps them)",
                     metadata: ["max_bytes": "\(configuration.journalMaxBytes)", "rejected": "\(rejected)"])
             }
             return .reject
         case .failed(let error):
+            rejectingUntil.withLock { $0 = now + .milliseconds(250) }
             counters.value.withLock { $0.rejected += 1 }
             logger.error("journal append failed; rejecting the message", metadata: ["error": "\(error)"])
             return .reject

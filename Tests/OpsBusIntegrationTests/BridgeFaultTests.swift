@@ -134,6 +134,8 @@ struct BridgeFaultTests {
         #expect(stored.count == total)
         let missing = Set(acknowledged).subtracting(stored).count
         #expect(missing == 0)
+        let inOrder = stored == acknowledged
+        #expect(inOrder, "rejections and redeliveries keep one publisher's order")
         await bridge.stop()
     }
 
