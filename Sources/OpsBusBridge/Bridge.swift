@@ -35,6 +35,7 @@ public final class Bridge: Sendable {
     private let client: MQTTClient
     private let stopping = Mutex(false)
     private let subscribed = Mutex(false)
+    private let started = Mutex(false)
     /// After a rejection, messages are rejected until this instant; see `handle`.
     private let rejectingUntil = Mutex<ContinuousClock.Instant?>(nil)
     private let logger: Logger
@@ -70,7 +71,11 @@ public final class Bridge: Sendable {
     /// rejected and redelivered later), disconnect, write the journal's rest to Redis (up to `drainTimeout`),
     /// close the journal.
     /// - Throws: MQTT errors that are permanent (refused connection, rejected subscription).
+    /// A bridge runs once: after `run` returns, its journal is closed; create a new `Bridge` to run again.
     public func run() async throws {
+        guard started.withLock({ was in defer { was = true }; return !was }) else {
+            throw BridgeError.invalidConfiguration(reason: "Bridge.run() was already called; create a new Bridge to run again")
+        }
         client.setMessageHandler { [self] message in handle(message) }
         writer.start()
         do {
