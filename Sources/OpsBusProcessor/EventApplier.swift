@@ -12,10 +12,14 @@ final class EventApplier {
     private let logger: Logger
     private var redis: RedisConnection?
     private var keys: RedisKeys { configuration.keys }
+    /// Called with each outcome once it is in Redis and before it is counted there, so in-memory counters never
+    /// lag the stats hash.
+    private let onApplied: @Sendable (ApplyResult) -> Void
 
-    init(configuration: ProcessorConfiguration, logger: Logger) {
+    init(configuration: ProcessorConfiguration, logger: Logger, onApplied: @escaping @Sendable (ApplyResult) -> Void) {
         self.configuration = configuration
         self.logger = logger
+        self.onApplied = onApplied
     }
 
     /// Connects at start so a wrong `REDIS_URL` fails loudly instead of on the first event.
@@ -73,7 +77,14 @@ final class EventApplier {
         while true {
             do throws(RedisError) {
                 let connection = try connection()
-                return try plan.run(on: connection)
+                let result = try plan.apply(on: connection)
+                onApplied(result)
+                do {
+                    try plan.recordStats(result, on: connection)
+                } catch {
+                    logger.warning("could not count the event in the stats", metadata: ["error": "\(error)"])
+                }
+                return result
             } catch let error {
                 switch error {
                 case .server(let message, let command)
@@ -99,7 +110,11 @@ final class EventApplier {
 
     /// Error replies that go away by themselves (a restarting Redis loading its data, a busy script, a failover):
     /// retried like a lost connection instead of dead-lettering a perfectly good event.
-    static let transientServerErrors: Set<String> = ["LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY"]
+    /// NOSCRIPT is here because the connection reloads a script once per call: a second flush between that reload
+    /// and the retry (or a failover to a replica without it) must not dead-letter the event.
+    static let transientServerErrors: Set<String> = [
+        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "NOSCRIPT",
+    ]
 
     private func connection() throws(RedisError) -> RedisConnection {
         if let redis, !redis.isBroken { return redis }

@@ -19,7 +19,7 @@ public final class EventProcessor: Sendable {
     private let logger: Logger
     private let client: MQTTClient
     private let applier: Mutex<EventApplier>
-    private let counterState = Mutex(ProcessorCounters())
+    private let counterState: CounterBox
     private let subscribed = Mutex(false)
     private let notifications: NotificationSink?
     private let deliverer: WebhookDeliverer?
@@ -41,7 +41,11 @@ public final class EventProcessor: Sendable {
         } catch {
             throw .mqtt(error)
         }
-        applier = Mutex(EventApplier(configuration: configuration, logger: logger))
+        let counterState = CounterBox()
+        self.counterState = counterState
+        applier = Mutex(EventApplier(configuration: configuration, logger: logger) { result in
+            counterState.record(result)
+        })
         if configuration.webhooks.isEmpty || !configuration.userNotifications {
             notifications = nil
             deliverer = nil
@@ -66,7 +70,7 @@ public final class EventProcessor: Sendable {
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).
-    public var counters: ProcessorCounters { counterState.withLock { $0 } }
+    public var counters: ProcessorCounters { counterState.value }
 
     /// True once the subscriptions are in place: from then on the broker keeps events for this processor's session.
     public var isSubscribed: Bool { subscribed.withLock { $0 } }
@@ -118,9 +122,9 @@ public final class EventProcessor: Sendable {
     /// Handles one message on the MQTT network thread; returning `.accept` lets libmosquitto acknowledge it.
     func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
         let result = applier.withLock { $0.apply(topic: message.topic, payload: message.payload) }
-        counterState.withLock { $0.record(result) }
         switch result {
         case .retryLater(let reason):
+            counterState.record(result)
             logger.warning("Redis unavailable; message handed back for redelivery", metadata: ["reason": "\(reason)"])
             return .reject
         default:
@@ -139,6 +143,13 @@ public enum ApplyResult: Sendable, Equatable {
     case deadLettered(reason: String)
     /// Redis could not be reached within the retry window; the message must be redelivered.
     case retryLater(reason: String)
+}
+
+/// The processor's counters, shared with its applier.
+final class CounterBox: Sendable {
+    private let state = Mutex(ProcessorCounters())
+    var value: ProcessorCounters { state.withLock { $0 } }
+    func record(_ result: ApplyResult) { state.withLock { $0.record(result) } }
 }
 
 /// Counters of one processor since start.

@@ -76,7 +76,8 @@ struct RedisPlan {
                               arguments: arguments)
     }
 
-    func run(on redis: RedisConnection) throws(RedisError) -> ApplyResult {
+    /// Runs the script (or the dead-letter write): the part that must succeed before the message is acknowledged.
+    func apply(on redis: RedisConnection) throws(RedisError) -> ApplyResult {
         let result: ApplyResult
         switch action {
         case let .jobEvent(keys, arguments):
@@ -91,6 +92,12 @@ struct RedisPlan {
             _ = try redis.command(entry)
             result = .deadLettered(reason: reason ?? "rejected")
         }
+        return result
+    }
+
+    /// Counts the outcome in the stats hashes. Best effort: the state is already applied, so a failure here is
+    /// logged by the caller, never retried (a retry would count the event again as a duplicate).
+    func recordStats(_ result: ApplyResult, on redis: RedisConnection) throws(RedisError) {
         let outcome: String
         switch result {
         case .applied(let name): outcome = name
@@ -110,7 +117,6 @@ struct RedisPlan {
             ["HINCRBY", minuteKey, "outcome:\(outcome)", "1"],
             ["EXPIRE", minuteKey, String(RedisKeys.minuteStatsRetention)],
         ])
-        return result
     }
 
     // MARK: Mapping events to Redis fields
