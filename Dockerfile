@@ -11,5 +11,7 @@ FROM swift:6.0-bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends libmosquitto1 libhiredis0.14 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /opsbus /usr/local/bin/opsbus
+# The bridge's journal lives here (a volume in docker-compose.yml).
+RUN mkdir -p /var/lib/opsbus && chown nobody /var/lib/opsbus
 USER nobody
 ENTRYPOINT ["/usr/local/bin/opsbus"]
