@@ -48,6 +48,14 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Automated actions on or off (default $BUSINESS_LOGIC_AUTOMATION or true).")
     var automation: Bool?
 
+    @Option(help: ArgumentHelp(
+        "Where events come from: mqtt, or stream:<key> to read a stream the bridge writes (e.g. stream:events:jobs) through a consumer group.",
+        valueName: "mqtt|stream:<key>"))
+    var source: String = "mqtt"
+
+    @Option(help: "Consumer group for --source stream:… (instances in one group share the entries).")
+    var streamGroup: String = "opsbus-processor"
+
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var common: CommonOptions
 
@@ -69,6 +77,11 @@ struct ProcessorCommand: AsyncParsableCommand {
         configuration.redisCommandTimeout =
             Double(try environment.int("BUSINESS_LOGIC_TIMEOUT_MS", default: 5_000, range: 10...600_000)) / 1000
         configuration.heartbeatTimeout = heartbeatTimeout
+        if source.hasPrefix("stream:"), source.count > "stream:".count {
+            configuration.source = .stream(key: String(source.dropFirst("stream:".count)), group: streamGroup)
+        } else if source != "mqtt" {
+            throw ValidationError("--source must be mqtt or stream:<key>, not '\(source)'")
+        }
         do {
             configuration.webhooks = try WebhookEndpoint.fromEnvironment(ProcessInfo.processInfo.environment)
         } catch {

@@ -79,10 +79,15 @@ public final class EventProcessor: Sendable {
     /// taking messages (the one being applied finishes first) and disconnects.
     public func run() async throws(ProcessorError) {
         try applier.withLock { applier throws(ProcessorError) in try applier.connect() }
-        client.setMessageHandler { [self] message in handle(message) }
+        if configuration.source == .mqtt {
+            client.setMessageHandler { [self] message in handle(message) }
+        }
         do {
+            // With a stream source the MQTT connection still carries the processor's own events (triggers).
             try await client.connect(waitForBroker: true)
-            _ = try await client.subscribe(configuration.subscriptionFilters, qos: .atLeastOnce)
+            if configuration.source == .mqtt {
+                _ = try await client.subscribe(configuration.subscriptionFilters, qos: .atLeastOnce)
+            }
             subscribed.withLock { $0 = true }
         } catch {
             await client.disconnect()
@@ -97,12 +102,18 @@ public final class EventProcessor: Sendable {
             group.addTask { await relay.run() }
             group.addTask { await scheduled.run() }
             if let deliverer { group.addTask { await deliverer.run() } }
+            if case let .stream(key, groupName) = configuration.source {
+                let source = StreamSource(configuration: configuration, stream: key, group: groupName, logger: logger) {
+                    [self] topic, payload in applyFromStream(topic: topic, payload: payload)
+                }
+                group.addTask { await source.run() }
+            }
             group.addTask {
                 while !Task.isCancelled { try? await Task.sleep(for: .milliseconds(200)) }
             }
             await group.waitForAll()
         }
-        if configuration.group != nil {
+        if configuration.group != nil && configuration.source == .mqtt {
             // Mosquitto keeps handing a durable group member its round-robin share while it is offline: a member
             // that leaves for good (scale-down) would strand those events in its session. Leaving the group on a
             // deliberate stop sends them to the members that remain; a crashed member keeps its session and gets
@@ -117,6 +128,12 @@ public final class EventProcessor: Sendable {
         // its PUBACK (removing the handler first would route it to the hand-off stream, acknowledged but unapplied).
         await client.disconnect()
         logger.info("processor stopped", metadata: ["applied": "\(counters.applied)"])
+    }
+
+    private func applyFromStream(topic: String, payload: [UInt8]) -> ApplyResult {
+        let result = applier.withLock { $0.apply(topic: topic, payload: payload) }
+        if case .retryLater = result { counterState.record(result) }
+        return result
     }
 
     /// Handles one message on the MQTT network thread; returning `.accept` lets libmosquitto acknowledge it.

@@ -43,6 +43,8 @@ public struct ProcessorConfiguration: Sendable {
     public var redisCommandTimeout: Double = 5
     /// `EVENT_PROCESSING_BATCH_SIZE`: outbox entries relayed per round.
     public var outboxBatchSize: Int = 100
+    /// Where events come from: MQTT (default) or a bridge-written Redis stream.
+    public var source: ProcessorSource = .mqtt
     /// Webhook targets for notifications (`NOTIFICATION_SERVICE_URL` is the one named `default`). Only these, never
     /// a URL from an event.
     public var webhooks: [WebhookEndpoint] = []

@@ -186,6 +186,35 @@ struct ProcessorActionsTests {
         await processor.stop()
     }
 
+    @Test("--source stream: the processor applies what the bridge wrote, through a consumer group, at least once")
+    func streamSource() async throws {
+        let redis = try servers.redisConnection()
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-s")))
+        let jobID = try Identifier(validating: "job-s")
+        let events = try [
+            factory.prepare(.jobStarted, fields: ["worker_assigned": "gpu-s"], options: .init(jobID: jobID)),
+            factory.prepare(.jobCompleted, fields: ["processing_time": 2.5], options: .init(jobID: jobID)),
+        ]
+        // Entries as the bridge writes them (topic + exact payload), one of them twice, and one that is not an event.
+        for event in events + [events[1]] {
+            _ = try redis.command(["XADD", "events:jobs", "*", "topic", event.topic, "payload",
+                                   String(decoding: event.envelope.encoded(), as: UTF8.self), "qos", "1"])
+        }
+        _ = try redis.command(["XADD", "events:jobs", "*", "topic", "jobs/job-s/completed", "payload", "not json"])
+        let processor = try await RunningProcessor.start(servers) {
+            $0.source = .stream(key: "events:jobs", group: "processors")
+        }
+        #expect(try await waitUntil { try redis.command(["HGET", keys.stats, "events_received"]).int == 4 })
+        let state = try self.job("job-s", redis)
+        #expect(state["status"] == "completed" && state["processing_time"] == "2.5")
+        #expect(try redis.command(["LLEN", keys.jobTimeline("job-s")]).int == 2)
+        #expect(try redis.command(["XLEN", keys.deadLetters]).int == 1)
+        #expect(processor.processor.counters.duplicates == 1)
+        let pending = try redis.command(["XPENDING", "events:jobs", "processors"]).array?.first?.int
+        #expect(pending == 0, "every entry acknowledged")
+        await processor.stop()
+    }
+
     @Test("with automation off, the processor only records state")
     func automationOff() async throws {
         let processor = try await RunningProcessor.start(servers) { $0.automation = false }
