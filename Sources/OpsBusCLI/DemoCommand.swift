@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import Logging
+import OpsBusBridge
 import OpsBusCore
 import OpsBusLocalServers
 import OpsBusMQTT
@@ -15,7 +16,8 @@ struct DemoCommand: AsyncParsableCommand {
         discussion: """
             Without MQTT_URL/REDIS_URL (or --mqtt-url/--redis-url) the demo starts its own mosquitto and \
             redis-server on free loopback ports and stops them at the end (also on Ctrl-C). It runs the processor, \
-            simulates GPU workers processing jobs with progress and some failures, lets one worker die (SIGKILL, so \
+            and the bridge (every topic family into Redis Streams events:<family>), simulates GPU workers processing \
+            jobs with progress and some failures, lets one worker die (SIGKILL, so \
             the broker publishes its last will), sends one malformed message to show the dead-letter path, then \
             prints job counts, workers, model usage, a few job timelines, and the commands to look for yourself.
             --keep-running leaves everything up until Ctrl-C so you can run those commands.
@@ -84,9 +86,20 @@ struct DemoCommand: AsyncParsableCommand {
         let processor = try EventProcessor(configuration: configuration, logger: logger)
         let processorTask = Task { try await processor.run() }
         defer { processorTask.cancel() }
-        // Workers start only once the processor's subscriptions exist, so no event of the demo can miss it.
+        // The bridge mirrors every family into events:<family> streams; its journal lives in a temporary folder.
+        let journal = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-demo-journal-\(getpid())")
+        let bridge = try Bridge(
+            configuration: BridgeConfiguration(mqtt: mqtt, redis: redis, routes: BridgeRoute.defaults(scheme: scheme),
+                                               clientID: "opsbus-demo-bridge", journalDirectory: journal.path),
+            logger: logger)
+        let bridgeTask = Task { try await bridge.run() }
+        defer {
+            bridgeTask.cancel()
+            try? FileManager.default.removeItem(at: journal)
+        }
+        // Workers start only once the processor's and the bridge's subscriptions exist, so no event can miss them.
         let deadline = Date().addingTimeInterval(20)
-        while !processor.isSubscribed {
+        while !processor.isSubscribed || !bridge.isSubscribed {
             if Date() > deadline {
                 processorTask.cancel()
                 try await processorTask.value
@@ -121,6 +134,7 @@ struct DemoCommand: AsyncParsableCommand {
         let expectedTerminal = reports.reduce(0) { $0 + $1.completed.count + $1.failed.count }
         let view = try DemoSummary.waitForState(redis: redis, expectedTerminalJobs: expectedTerminal, logger: logger)
         output(view.render(mqtt: mqtt, mqttURL: mqttURL, redis: redis, counters: processor.counters, reports: reports))
+        output(try DemoSummary.streams(redis: redis, logger: logger))
         if keepRunning {
             output("\neverything keeps running; press Ctrl-C to stop")
             while !Task.isCancelled { try await Task.sleep(for: .seconds(1)) }

@@ -51,6 +51,18 @@ struct DemoSummary {
                            sampleJobs: samples)
     }
 
+    /// The bridge's streams: how many entries each family got.
+    static func streams(redis endpoint: RedisEndpoint, logger: Logger) throws -> String {
+        let redis = try RedisConnection(endpoint: endpoint, logger: logger)
+        let families = ["jobs", "workers", "resources", "queues", "services", "models", "triggers"]
+        let lengths = try redis.pipeline(families.map { ["XLEN", "events:\($0)"] })
+        let parts = zip(families, lengths).compactMap { family, reply -> String? in
+            guard let count = reply.int, count > 0 else { return nil }
+            return "events:\(family) \(count)"
+        }
+        return "\nstreams    " + parts.joined(separator: " · ") + "   (the bridge's copy; opsbus streams, opsbus replay)"
+    }
+
     func render(mqtt: MQTTEndpoint, mqttURL: String, redis: RedisEndpoint, counters: ProcessorCounters,
                 reports: [WorkerSimulation.Report]) -> String {
         let published = reports.reduce(0) { $0 + $1.eventsPublished }
@@ -83,9 +95,10 @@ struct DemoSummary {
             "",
             "look for yourself (while the servers run, e.g. with --keep-running):",
             "  mosquitto_sub -h \(mqtt.host) -p \(mqtt.port) -v -t '#'",
-            "  \(redisCLI) SMEMBERS jobs:status:failed",
+            "  \(redisCLI) SMEMBERS jobs:status:dead_lettered",
             "  \(redisCLI) HGETALL 'job:{job-1-1}'",
             "  \(redisCLI) XRANGE opsbus:deadletter - +",
+            "  \(redisCLI) XRANGE events:jobs - + COUNT 3",
             "  opsbus tail --mqtt-url \(mqttURL)",
             "  opsbus job job-1-1 --redis-url '\(redis)'",
         ]

@@ -81,6 +81,7 @@ struct CommandLineTests {
         #expect(result.stdout.contains("doomed-worker-1") && result.stdout.contains("offline"), "\(result.stdout)")
         #expect(result.stdout.contains("dead letters  1"), "\(result.stdout)")
         #expect(result.stdout.contains("mosquitto_sub -h 127.0.0.1"))
+        #expect(result.stdout.contains("streams    events:jobs"), "the bridge mirrored the job events")
         // The demo stops the servers it started (their directories carry the demo's pid).
         let leftovers = try await run("/usr/bin/pgrep", ["-f", "opsbus-local-(mosquitto|redis)-\(pid)-"])
         #expect(leftovers.status == 1, "servers left running: \(leftovers.stdout)")
