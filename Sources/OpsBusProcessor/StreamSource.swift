@@ -39,28 +39,18 @@ final class StreamSource: Sendable {
     private var consumer: String { configuration.clientID }
 
     func run() async {
+        let reader = ConsumerGroupReader(stream: stream, group: group, consumer: consumer,
+                                         batch: configuration.outboxBatchSize, claimIdleMilliseconds: claimIdleMilliseconds)
         var connection: RedisConnection?
         var lastClaim = Date.distantPast
         while !Task.isCancelled {
             var handled = 0
             do {
                 let redis = try OutboxRelay.connected(&connection, configuration: configuration, logger: logger)
-                let created = try redis.send(["XGROUP", "CREATE", stream, group, "0", "MKSTREAM"])
-                if let error = created.errorMessage, !error.hasPrefix("BUSYGROUP") {
-                    throw RedisError.server(message: error, command: "XGROUP")
-                }
-                let batch = String(configuration.outboxBatchSize)
-                for start in ["0", ">"] {
-                    let reply = try redis.command(["XREADGROUP", "GROUP", group, consumer, "COUNT", batch,
-                                                   "STREAMS", stream, start])
-                    handled += try process(Self.entries(reply.array?.first?.array?.dropFirst().first), redis)
-                }
-                if Date().timeIntervalSince(lastClaim) > 10 {
-                    lastClaim = Date()
-                    let reply = try redis.command(["XAUTOCLAIM", stream, group, consumer,
-                                                   String(claimIdleMilliseconds), "0-0", "COUNT", batch])
-                    handled += try process(Self.entries(reply.array?.dropFirst().first), redis)
-                }
+                try reader.ensureGroup(redis)
+                let claimStale = Date().timeIntervalSince(lastClaim) > 10
+                if claimStale { lastClaim = Date() }
+                handled += try process(Self.entries(reader.nextEntries(redis, claimStale: claimStale)), redis)
             } catch {
                 logger.warning("stream source: \(error)")
                 connection = nil
@@ -83,8 +73,8 @@ final class StreamSource: Sendable {
     }
 
     /// `[[id, [field, value, …]], …]` → id, topic and the payload's exact bytes.
-    static func entries(_ list: RedisReply?) -> [(id: String, topic: String, payload: [UInt8])] {
-        (list?.array ?? []).compactMap { item in
+    static func entries(_ list: [RedisReply]) -> [(id: String, topic: String, payload: [UInt8])] {
+        list.compactMap { item in
             guard let pair = item.array, pair.count == 2, let id = pair[0].string, let fields = pair[1].array else {
                 return nil
             }

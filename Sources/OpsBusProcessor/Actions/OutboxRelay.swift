@@ -38,28 +38,18 @@ final class OutboxRelay: Sendable {
     /// Relays until cancelled; idles 200 ms when the outbox is empty. The Redis connection is local to this one
     /// task (hiredis contexts are not thread-safe).
     func run() async {
+        let reader = ConsumerGroupReader(stream: keys.outbox, group: Self.group, consumer: consumer,
+                                         batch: configuration.outboxBatchSize, claimIdleMilliseconds: claimIdleMilliseconds)
         var connection: RedisConnection?
         var lastClaim = Date.distantPast
         while !Task.isCancelled {
             var handled = 0
             do {
                 let redis = try Self.connected(&connection, configuration: configuration, logger: logger)
-                try ensureGroup(redis)
-                let batch = String(configuration.outboxBatchSize)
-                // Own pending entries first (left by a crash of this consumer), then new ones; now and then also
-                // entries of consumers that went away.
-                for start in ["0", ">"] {
-                    let reply = try redis.command(["XREADGROUP", "GROUP", Self.group, consumer, "COUNT", batch,
-                                                   "STREAMS", keys.outbox, start])
-                    // [[stream, [[id, [k, v, …]], …]]]
-                    handled += try await relay(Self.entries(reply.array?.first?.array?.dropFirst().first), redis)
-                }
-                if Date().timeIntervalSince(lastClaim) > 10 {
-                    lastClaim = Date()
-                    let reply = try redis.command(["XAUTOCLAIM", keys.outbox, Self.group, consumer,
-                                                   String(claimIdleMilliseconds), "0-0", "COUNT", batch])
-                    handled += try await relay(Self.entries(reply.array?.dropFirst().first), redis)
-                }
+                try reader.ensureGroup(redis)
+                let claimStale = Date().timeIntervalSince(lastClaim) > 10
+                if claimStale { lastClaim = Date() }
+                handled += try await relay(Self.entries(reader.nextEntries(redis, claimStale: claimStale)), redis)
             } catch {
                 logger.warning("outbox relay: \(error)")
                 connection = nil
@@ -77,15 +67,8 @@ final class OutboxRelay: Sendable {
         return fresh
     }
 
-    private func ensureGroup(_ redis: RedisConnection) throws(RedisError) {
-        let reply = try redis.send(["XGROUP", "CREATE", keys.outbox, Self.group, "0", "MKSTREAM"])
-        if let error = reply.errorMessage, !error.hasPrefix("BUSYGROUP") {
-            throw RedisError.server(message: error, command: "XGROUP")
-        }
-    }
-
-    static func entries(_ list: RedisReply?) -> [OutboxEntry] {
-        (list?.array ?? []).compactMap { item in
+    static func entries(_ list: [RedisReply]) -> [OutboxEntry] {
+        list.compactMap { item in
             guard let pair = item.array, pair.count == 2, let id = pair[0].string else { return nil }
             return OutboxEntry(id: id, fields: pair[1].hashDictionary())
         }
