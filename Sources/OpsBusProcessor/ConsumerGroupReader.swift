@@ -9,6 +9,17 @@ struct ConsumerGroupReader {
     let consumer: String
     let batch: Int
     let claimIdleMilliseconds: Int
+    /// How often to look for entries of consumers that went away.
+    var claimInterval: Double = 10
+    private var lastClaim = ContinuousClock.now - .seconds(3600)
+
+    init(stream: String, group: String, consumer: String, batch: Int, claimIdleMilliseconds: Int) {
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.batch = batch
+        self.claimIdleMilliseconds = claimIdleMilliseconds
+    }
 
     /// Creates the group (reading from the stream's start) unless it exists.
     func ensureGroup(_ redis: RedisConnection) throws(RedisError) {
@@ -18,8 +29,12 @@ struct ConsumerGroupReader {
         }
     }
 
-    /// The next entries, each as the raw `[id, [field, value, …]]` reply, in processing order.
-    func nextEntries(_ redis: RedisConnection, claimStale: Bool) throws(RedisError) -> [RedisReply] {
+    /// The next entries, each as the raw `[id, [field, value, …]]` reply, in processing order (creating the group
+    /// first if needed).
+    mutating func nextEntries(_ redis: RedisConnection) throws(RedisError) -> [RedisReply] {
+        try ensureGroup(redis)
+        let claimStale = ContinuousClock.now - lastClaim > .seconds(claimInterval)
+        if claimStale { lastClaim = .now }
         var entries: [RedisReply] = []
         for start in ["0", ">"] {
             let reply = try redis.command(["XREADGROUP", "GROUP", group, consumer, "COUNT", String(batch),

@@ -39,18 +39,14 @@ final class StreamSource: Sendable {
     private var consumer: String { configuration.clientID }
 
     func run() async {
-        let reader = ConsumerGroupReader(stream: stream, group: group, consumer: consumer,
+        var reader = ConsumerGroupReader(stream: stream, group: group, consumer: consumer,
                                          batch: configuration.outboxBatchSize, claimIdleMilliseconds: claimIdleMilliseconds)
         var connection: RedisConnection?
-        var lastClaim = Date.distantPast
         while !Task.isCancelled {
             var handled = 0
             do {
                 let redis = try OutboxRelay.connected(&connection, configuration: configuration, logger: logger)
-                try reader.ensureGroup(redis)
-                let claimStale = Date().timeIntervalSince(lastClaim) > 10
-                if claimStale { lastClaim = Date() }
-                handled += try process(Self.entries(reader.nextEntries(redis, claimStale: claimStale)), redis)
+                handled += try process(Self.entries(reader.nextEntries(redis)), redis)
             } catch {
                 logger.warning("stream source: \(error)")
                 connection = nil

@@ -38,18 +38,14 @@ final class OutboxRelay: Sendable {
     /// Relays until cancelled; idles 200 ms when the outbox is empty. The Redis connection is local to this one
     /// task (hiredis contexts are not thread-safe).
     func run() async {
-        let reader = ConsumerGroupReader(stream: keys.outbox, group: Self.group, consumer: consumer,
+        var reader = ConsumerGroupReader(stream: keys.outbox, group: Self.group, consumer: consumer,
                                          batch: configuration.outboxBatchSize, claimIdleMilliseconds: claimIdleMilliseconds)
         var connection: RedisConnection?
-        var lastClaim = Date.distantPast
         while !Task.isCancelled {
             var handled = 0
             do {
                 let redis = try Self.connected(&connection, configuration: configuration, logger: logger)
-                try reader.ensureGroup(redis)
-                let claimStale = Date().timeIntervalSince(lastClaim) > 10
-                if claimStale { lastClaim = Date() }
-                handled += try await relay(Self.entries(reader.nextEntries(redis, claimStale: claimStale)), redis)
+                handled += try await relay(Self.entries(reader.nextEntries(redis)), redis)
             } catch {
                 logger.warning("outbox relay: \(error)")
                 connection = nil
