@@ -108,17 +108,23 @@ public final class ServerProcess: Sendable {
     }
 }
 
-/// Launches child processes with a clean signal mask.
+/// Launches child processes that honour termination signals.
 ///
 /// A child inherits the signal mask of the thread that spawns it, and Swift concurrency runs code on libdispatch
-/// worker threads that block almost every signal. A server or `opsbus` process started from there would ignore
+/// worker threads that block the termination signals. A server or `opsbus` process started from there would ignore
 /// SIGTERM (so a graceful stop always ran into the SIGKILL fallback and mosquitto never saved its database).
+/// Only those signals are unblocked around the spawn: SIGCHLD must stay blocked in this thread, or a child that
+/// exits meanwhile could have its SIGCHLD delivered here and lost, and Foundation would never reap it
+/// (`waitUntilExit()` hangs; seen as `<defunct>` servers and a stalled test run).
 public enum ChildLauncher {
+    static let terminationSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+
     public static func run(_ process: Process) throws {
-        var empty = sigset_t()
+        var signals = sigset_t()
         var previous = sigset_t()
-        sigemptyset(&empty)
-        pthread_sigmask(SIG_SETMASK, &empty, &previous)
+        sigemptyset(&signals)
+        for signal in terminationSignals { sigaddset(&signals, signal) }
+        pthread_sigmask(SIG_UNBLOCK, &signals, &previous)
         defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
         try process.run()
     }

@@ -29,12 +29,30 @@ final class WebhookReceiver: Sendable {
             .appendingPathComponent("Fixtures/webhook_receiver.py").path
     }
 
-    /// Starts the receiver on `port` (a free one when nil) and waits until it accepts connections.
-    init(
+    /// Starts the receiver on `port` (a free one when nil; another one if that was taken meanwhile, as the tests
+    /// run in parallel) and waits until it accepts connections.
+    convenience init(
         port: UInt16? = nil, failFirst: Int = 0, hangFirst: Int = 0, hangSeconds: Double = 3600, secret: String? = nil,
         status: Int = 200, location: String? = nil
     ) async throws {
-        let port = try port ?? LoopbackPort.allocate()
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                try await self.init(
+                    fixedPort: try port ?? LoopbackPort.allocate(), failFirst: failFirst, hangFirst: hangFirst,
+                    hangSeconds: hangSeconds, secret: secret, status: status, location: location)
+                return
+            } catch let error as TestFailure where port == nil && attempt < 4 && error.description.contains("in use") {
+                continue
+            }
+        }
+    }
+
+    private init(
+        fixedPort port: UInt16, failFirst: Int, hangFirst: Int, hangSeconds: Double, secret: String?,
+        status: Int, location: String?
+    ) async throws {
         let logFile = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-webhook-\(UUID().uuidString).jsonl")
         _ = FileManager.default.createFile(atPath: logFile.path, contents: nil)
         var arguments = [

@@ -11,16 +11,10 @@ func startRedis(_ extraLines: [String] = []) throws -> ServerProcess {
     return try withSignalsUnblocked { try LocalRedis.start(configuration: configuration) }
 }
 
-/// Test threads are libdispatch workers with almost every signal blocked, and a spawned child inherits that mask:
-/// a redis-server launched from here never receives SIGTERM, so `stop()` waits its full timeout and then SIGKILLs.
-/// Launching with an empty mask on this thread lets `stop()`/`restart()` shut the server down cleanly.
+/// Kept for the call sites: `LocalRedis` launches through `ChildLauncher`, which unblocks the termination signals
+/// for the child (and, unlike an empty mask here, leaves SIGCHLD blocked so no child's exit is lost).
 func withSignalsUnblocked<T>(_ body: () throws -> T) rethrows -> T {
-    var empty = sigset_t()
-    var previous = sigset_t()
-    sigemptyset(&empty)
-    pthread_sigmask(SIG_SETMASK, &empty, &previous)
-    defer { pthread_sigmask(SIG_SETMASK, &previous, nil) }
-    return try body()
+    try body()
 }
 
 func connect(
