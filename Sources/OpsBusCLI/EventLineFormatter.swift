@@ -49,7 +49,7 @@ public struct EventLineFormatter: Sendable {
     private func shortValue(_ value: JSONValue) -> String {
         switch value {
         case .string(let text): return text.count > 60 ? "\"\(text.prefix(57))…\"" : (text.contains(" ") ? "\"\(text)\"" : text)
-        case .double(let number): return number == number.rounded() && abs(number) < 1e15 ? String(Int64(number)) : String(format2(number))
+        case .double(let number): return number == number.rounded() && abs(number) < 1e15 ? String(Int64(number)) : String(fourSignificantDigits(number))
         default:
             let text = value.serialized()
             return text.count > 60 ? String(text.prefix(57)) + "…" : text
@@ -57,7 +57,7 @@ public struct EventLineFormatter: Sendable {
     }
 
     /// Four significant digits: enough to read, short enough to scan (costs are often fractions of a cent).
-    private func format2(_ number: Double) -> String {
+    private func fourSignificantDigits(_ number: Double) -> String {
         String(format: "%.4g", number)
     }
 
@@ -65,11 +65,7 @@ public struct EventLineFormatter: Sendable {
         text.count >= width ? text : text + String(repeating: " ", count: width - text.count)
     }
 
-    enum Tint: String {
-        case red = "31", green = "32", yellow = "33", blue = "34", magenta = "35", cyan = "36", dim = "2"
-    }
-
-    private func colourFor(_ envelope: EventEnvelope) -> Tint {
+    private func colourFor(_ envelope: EventEnvelope) -> TextStyle.Tint {
         switch envelope.eventType {
         case .jobCompleted: return .green
         case .jobFailed: return .red
@@ -81,7 +77,7 @@ public struct EventLineFormatter: Sendable {
         }
     }
 
-    private func paint(_ text: String, _ tint: Tint) -> String {
-        colour ? "\u{1B}[\(tint.rawValue)m\(text)\u{1B}[0m" : text
+    private func paint(_ text: String, _ tint: TextStyle.Tint) -> String {
+        TextStyle(enabled: colour).paint(text, tint)
     }
 }

@@ -26,7 +26,7 @@ struct JobCommand: AsyncParsableCommand {
         do { redis = try RedisConnection(endpoint: try connection.redisEndpoint(), logger: logger) } catch { throw CLIError("\(error)") }
         let view = try JobView.load(jobID, keys: RedisKeys(), redis: redis)
         guard let view else { throw CLIError("no job \(jobID) in Redis") }
-        output(json ? view.json() : view.text(colour: isatty(STDOUT_FILENO) == 1))
+        output(json ? view.json() : view.text(colour: TextStyle.stdoutIsTerminal))
     }
 }
 

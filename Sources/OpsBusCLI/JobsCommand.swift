@@ -121,7 +121,7 @@ enum InspectionConnection {
 /// ANSI colour for terminals only.
 struct TextStyle {
     enum Tint: String {
-        case red = "31", green = "32", yellow = "33", blue = "34", cyan = "36", bold = "1", dim = "2"
+        case red = "31", green = "32", yellow = "33", blue = "34", magenta = "35", cyan = "36", bold = "1", dim = "2"
     }
 
     var enabled: Bool

@@ -54,7 +54,7 @@ struct TailCommand: AsyncParsableCommand {
         } catch {
             throw CLIError("\(error)")
         }
-        let formatter = EventLineFormatter(colour: !noColour && isatty(STDOUT_FILENO) == 1)
+        let formatter = EventLineFormatter(colour: !noColour && TextStyle.stdoutIsTerminal)
         let signals = SignalCanceller { _ in Foundation.exit(0) }
         defer { signals.cancel() }
         let limit = count
