@@ -63,8 +63,7 @@ final class EventApplier {
             }
         }
         do {
-            try configuration.scheme.check(topic: topic, matches: envelope)
-            return .success((envelope, try configuration.scheme.parse(topic).subject))
+            return .success((envelope, try configuration.scheme.check(topic: topic, matches: envelope).subject))
         } catch {
             return .failure(RejectionReason("\(error)"))
         }

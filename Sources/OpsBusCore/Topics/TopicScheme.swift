@@ -118,7 +118,9 @@ public struct TopicScheme: Sendable, Hashable {
 
     /// Refuses a topic whose event type or subject disagrees with the payload — a worker publishing
     /// `job.failed` for job A on `jobs/B/completed` must not be able to corrupt B's state.
-    public func check(topic: String, matches envelope: EventEnvelope) throws(TopicError) {
+    /// Returns the parsed topic, so callers need not parse it twice.
+    @discardableResult
+    public func check(topic: String, matches envelope: EventEnvelope) throws(TopicError) -> ParsedTopic {
         let parsed = try parse(topic)
         guard parsed.eventType == envelope.eventType else {
             throw .payloadMismatch(topic: topic, what: "event type", topicValue: parsed.eventType.rawValue,
@@ -134,6 +136,7 @@ public struct TopicScheme: Sendable, Hashable {
             throw .payloadMismatch(topic: topic, what: envelope.eventType.subjectFieldName,
                                    topicValue: parsed.subject.rawValue, payloadValue: subject.rawValue)
         }
+        return parsed
     }
 
     /// The filter matching every topic of one event type (`jobs/+/completed`, `triggers/retry/+`).
