@@ -12,7 +12,7 @@ public struct EventEnvelope: Sendable, Hashable {
     /// JSON keys of the envelope, in serialisation order.
     public static let envelopeKeys: [String] = [
         "event_id", "event_type", "timestamp", "source", "job_id", "machine_id", "worker_id", "service_type",
-        "connector_id", "session_id", "seq", "trace_id", "correlation_id", "attempt", "schema",
+        "connector_id", "session_id", "seq", "prev_seq", "ack", "trace_id", "correlation_id", "attempt", "schema",
     ]
 
     /// Unique event id (a ULID from `EventID.make()` by default; any id-rule string is accepted).
@@ -28,8 +28,15 @@ public struct EventEnvelope: Sendable, Hashable {
     public var connectorID: String?
     /// The producer's session (one per process start); with `seq` it orders and de-duplicates a producer's events.
     public var sessionID: String
-    /// Per-session sequence number, increasing.
+    /// Per-session sequence number: 1, 2, 3, … with no gaps for the events a session sequences (everything it
+    /// spools, or everything it sends at QoS ≥ 1 without a spool); 0 for best-effort events outside the sequence.
     public var seq: UInt64
+    /// Set when the publisher itself dropped the events between `prevSeq` and `seq` (its spool was full): receivers
+    /// treat those numbers as filled instead of waiting for them. JSON key `prev_seq`.
+    public var prevSeq: UInt64?
+    /// The emitter spools this session's sequenced events and waits for the bridge's end-to-end acknowledgement on
+    /// `acks/<owner>/<session_id>`; the bridge then commits the session's events strictly in `seq` order.
+    public var ack: Bool
     public var traceID: String?
     public var correlationID: String?
     /// Attempt number for job events (1 for the first run).
@@ -51,6 +58,8 @@ public struct EventEnvelope: Sendable, Hashable {
         connectorID: String? = nil,
         sessionID: String,
         seq: UInt64,
+        prevSeq: UInt64? = nil,
+        ack: Bool = false,
         traceID: String? = nil,
         correlationID: String? = nil,
         attempt: Int? = nil,
@@ -68,6 +77,8 @@ public struct EventEnvelope: Sendable, Hashable {
         self.connectorID = connectorID
         self.sessionID = sessionID
         self.seq = seq
+        self.prevSeq = prevSeq
+        self.ack = ack
         self.traceID = traceID
         self.correlationID = correlationID
         self.attempt = attempt
@@ -117,6 +128,14 @@ public struct EventEnvelope: Sendable, Hashable {
         string("session_id", sessionID)
         key("seq")
         JSONWriter.writeInteger(seq, into: &out)
+        if let prevSeq {
+            key("prev_seq")
+            JSONWriter.writeInteger(prevSeq, into: &out)
+        }
+        if ack {
+            key("ack")
+            out.append(contentsOf: "true".utf8)
+        }
         string("trace_id", traceID)
         string("correlation_id", correlationID)
         if let attempt {
@@ -152,6 +171,8 @@ public struct EventEnvelope: Sendable, Hashable {
         if let connectorID { object["connector_id"] = .string(connectorID) }
         object["session_id"] = .string(sessionID)
         object["seq"] = seq <= UInt64(Int64.max) ? .int(Int64(seq)) : .double(Double(seq))
+        if let prevSeq { object["prev_seq"] = .int(Int64(clamping: prevSeq)) }
+        if ack { object["ack"] = .bool(true) }
         if let traceID { object["trace_id"] = .string(traceID) }
         if let correlationID { object["correlation_id"] = .string(correlationID) }
         if let attempt { object["attempt"] = .int(Int64(attempt)) }
@@ -167,7 +188,7 @@ public struct EventEnvelope: Sendable, Hashable {
         guard let first = key.utf8.first,
               first == UInt8(ascii: "e") || first == UInt8(ascii: "t") || first == UInt8(ascii: "s")
               || first == UInt8(ascii: "j") || first == UInt8(ascii: "m") || first == UInt8(ascii: "w")
-              || first == UInt8(ascii: "c") || first == UInt8(ascii: "a")
+              || first == UInt8(ascii: "c") || first == UInt8(ascii: "a") || first == UInt8(ascii: "p")
         else { return false }
         return envelopeKeys.contains(key)
     }
@@ -269,6 +290,25 @@ public struct EventEnvelope: Sendable, Hashable {
             throw .invalidFieldValue(field: "seq", value: String(seq), reason: "must not be negative")
         }
 
+        var prevSeq: UInt64?
+        if let prevValue = take("prev_seq") {
+            let number = try integer("prev_seq", prevValue)
+            guard number >= 0, number < seq else {
+                throw .invalidFieldValue(field: "prev_seq", value: String(number), reason: "must be 0...seq-1 (\(seq - 1))")
+            }
+            prevSeq = UInt64(number)
+        }
+        var ack = false
+        if let ackValue = take("ack") {
+            guard case .bool(let flag) = ackValue else {
+                throw .wrongFieldType(field: "ack", expected: .bool, got: ackValue.kind)
+            }
+            guard !flag || seq >= 1 else {
+                throw .invalidFieldValue(field: "ack", value: "true", reason: "needs a sequenced event (seq ≥ 1)")
+            }
+            ack = flag
+        }
+
         let jobID = try optionalIdentifier("job_id")
         let machineID = try optionalIdentifier("machine_id")
         let workerID = try optionalIdentifier("worker_id")
@@ -288,7 +328,7 @@ public struct EventEnvelope: Sendable, Hashable {
         let envelope = EventEnvelope(
             eventID: eventID, eventType: eventType, timestamp: timestamp, source: source, jobID: jobID,
             machineID: machineID, workerID: workerID, serviceType: serviceType, connectorID: connectorID,
-            sessionID: sessionID, seq: UInt64(seq), traceID: traceID, correlationID: correlationID,
+            sessionID: sessionID, seq: UInt64(seq), prevSeq: prevSeq, ack: ack, traceID: traceID, correlationID: correlationID,
             attempt: attempt, schemaVersion: Int(schema), fields: rest
         )
         try envelope.validateEventFields()
@@ -307,6 +347,12 @@ public struct EventEnvelope: Sendable, Hashable {
         try Self.checkIdentifierRule(sessionID, field: "session_id")
         guard seq <= UInt64(Int64.max) else {
             throw .invalidFieldValue(field: "seq", value: String(seq), reason: "must fit a signed 64-bit integer")
+        }
+        if let prevSeq, prevSeq >= seq {
+            throw .invalidFieldValue(field: "prev_seq", value: String(prevSeq), reason: "must be below seq (\(seq))")
+        }
+        if ack && seq == 0 {
+            throw .invalidFieldValue(field: "ack", value: "true", reason: "needs a sequenced event (seq ≥ 1)")
         }
         if let attempt, attempt < 0 || attempt > Int(Int32.max) {
             throw .invalidFieldValue(field: "attempt", value: String(attempt), reason: "must be 0...\(Int32.max)")
@@ -353,6 +399,12 @@ public struct EventEnvelope: Sendable, Hashable {
 }
 
 extension EventEnvelope {
+    /// Whose acknowledgement topic this session's acks go to: the worker, else the machine, else `_`
+    /// (`acks/<owner>/<session_id>`). Per-owner topics let a broker ACL give each worker only its own acks.
+    public var ackOwner: Identifier {
+        workerID ?? machineID ?? Identifier(rawValue: "_")!
+    }
+
     /// The id the envelope's topic must carry as its subject level:
     ///
     /// - job events: `job_id`

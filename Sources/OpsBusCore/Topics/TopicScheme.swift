@@ -74,6 +74,17 @@ public struct TopicScheme: Sendable, Hashable {
         return prefixed("\(eventType.topicFamily.rawValue)/\(subject.rawValue)/\(eventType.action)")
     }
 
+    /// The end-to-end acknowledgement topic of one publisher session, `acks/<owner>/<session_id>` (retained; the
+    /// bridge publishes `{"session_id":…,"seq":N,…}` there once `seq` 1…N are all in Redis). See `topics.md`.
+    public func ackTopic(owner: Identifier, sessionID: String) -> String {
+        prefixed("acks/\(owner.rawValue)/\(sessionID)")
+    }
+
+    /// The acknowledgement topic for `envelope`'s session.
+    public func ackTopic(for envelope: EventEnvelope) -> String {
+        ackTopic(owner: envelope.ackOwner, sessionID: envelope.sessionID)
+    }
+
     /// The topic an envelope belongs on (its subject from `EventEnvelope.topicSubject()`).
     public func topic(for envelope: EventEnvelope) throws(EnvelopeError) -> String {
         topic(for: envelope.eventType, subject: try envelope.topicSubject())
