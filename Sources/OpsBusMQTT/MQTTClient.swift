@@ -1,5 +1,8 @@
 import Logging
 
+/// Outcome of an `MQTTClient.enqueuePublish`.
+public typealias MQTTPublishCallback = @Sendable (Result<Void, MQTTError>) -> Void
+
 /// An MQTT client over libmosquitto 2.0.11 that owns its C handle and its network thread.
 ///
 /// Lifecycle: `init` → `connect()` → (automatic reconnects, forever) → `disconnect()` (terminal: a disconnected client
@@ -62,6 +65,21 @@ public final class MQTTClient: Sendable {
     ///   `.malformedUTF8` before anything is sent.
     public func publish(topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool = false) async throws(MQTTError) {
         try await core.publish(topic: topic, payload: payload, qos: qos, retain: retain)
+    }
+
+    /// Hands a message to libmosquitto now and returns without waiting for the broker: successive calls reach the
+    /// wire in call order (which concurrent `publish` calls do not promise), so a sender can keep a window of
+    /// messages in flight. `onComplete` runs once, on the network thread and with the client's lock held (hand the
+    /// result off, e.g. to an `AsyncStream`; never call back into this client from it): `.success` on the PUBACK
+    /// (at once for QoS 0), a failure on a v5 error reason code or when the client is disconnected for good.
+    /// There is no timeout: while the link is down the message waits in libmosquitto and is resent after the
+    /// reconnect. Throws at once (nothing queued) for invalid input, `.outstandingLimitReached` when
+    /// `maxOutstandingPublishes` messages are unacknowledged, and `.notConnected` for QoS 0 without a connection.
+    public func enqueuePublish(
+        topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool = false,
+        onComplete: @escaping MQTTPublishCallback
+    ) throws(MQTTError) {
+        try core.enqueuePublish(topic: topic, payload: payload, qos: qos, retain: retain, onComplete: onComplete)
     }
 
     /// Subscribes all `filters` at `qos` in one SUBSCRIBE and waits for the SUBACK; returns the granted QoS per

@@ -52,6 +52,16 @@ final class MQTTClientCore: Sendable {
         let topic: String
         let token: UInt64
         var timer: Task<Void, Never>?
+        /// Set instead of `continuation` by `enqueuePublish`.
+        var callback: MQTTPublishCallback? = nil
+
+        /// Reports the outcome to whoever waits (continuation or callback), once.
+        mutating func finish(_ result: Result<Void, MQTTError>) {
+            continuation?.resume(returning: result)
+            continuation = nil
+            callback?(result)
+            callback = nil
+        }
     }
 
     struct PendingRequest {
@@ -155,11 +165,7 @@ final class MQTTClientCore: Sendable {
             try check(mosquitto_username_pw_set(mosq, username, config.endpoint.password), "mosquitto_username_pw_set")
         }
         if let will = config.will {
-            let rc = will.payload.withUnsafeBytes { bytes in
-                mosquitto_will_set(
-                    mosq, will.topic, Int32(bytes.count), bytes.baseAddress, will.qos.rawValue, will.retain)
-            }
-            try check(rc, "mosquitto_will_set")
+            try check(applyWill(will), "mosquitto_will_set")
         }
         if config.endpoint.useTLS {
             let tls = config.tls ?? MQTTTLSConfiguration()
@@ -338,6 +344,44 @@ final class MQTTClientCore: Sendable {
             }
         }
         try result.get()
+    }
+
+    /// Hands a message to libmosquitto now, without waiting for its acknowledgement (see `MQTTClient.enqueuePublish`).
+    func enqueuePublish(
+        topic: String, payload: [UInt8], qos: MQTTQoS, retain: Bool, onComplete: @escaping MQTTPublishCallback
+    ) throws(MQTTError) {
+        try MQTTValidation.checkTopicName(topic)
+        if payload.count > MQTTValidation.maxPayload {
+            throw .payloadTooLarge(topic: topic, size: payload.count, limit: MQTTValidation.maxPayload)
+        }
+        let operation = "publish to '\(topic)'"
+        let limit = configuration.maxOutstandingPublishes
+        let rc: Int32 = state.withLock { s in
+            if s.lifecycle == .stopped { return -100 }
+            if qos == .atMostOnce { return callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: nil) }
+            guard s.outstanding < limit, s.slotWaiters.isEmpty else { return -101 }
+            var mid: Int32 = 0
+            let rc = callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: &mid)
+            // NO_CONN for QoS ≥ 1 means "queued, will be sent after the reconnect": never retry it.
+            guard rc == MOSQ_ERR_SUCCESS.rawValue || rc == MOSQ_ERR_NO_CONN.rawValue else { return rc }
+            s.outstanding += 1
+            if var stale = s.publishes[mid] {
+                logger.warning("message id \(mid) reused while still unacknowledged (topic '\(stale.topic)')")
+                stale.timer?.cancel()
+                stale.finish(.failure(.publishTimeout(topic: stale.topic, seconds: configuration.publishTimeout)))
+                releaseSlot(&s)
+            }
+            s.publishes[mid] = PendingPublish(continuation: nil, topic: topic, token: s.token(), timer: nil, callback: onComplete)
+            return MOSQ_ERR_SUCCESS.rawValue
+        }
+        switch rc {
+        case MOSQ_ERR_SUCCESS.rawValue:
+            if qos == .atMostOnce { onComplete(.success(())) }
+        case -100: throw .disconnectedByClient(operation: operation, context: context)
+        case -101: throw .outstandingLimitReached(limit: limit, topic: topic)
+        case MOSQ_ERR_NO_CONN.rawValue: throw .notConnected(operation: operation + " (QoS 0 is not queued)", context: context)
+        default: throw publishError(rc, topic: topic)
+        }
     }
 
     func subscribe(_ filters: [String], qos: MQTTQoS) async throws(MQTTError) -> [MQTTQoS] {
@@ -525,11 +569,11 @@ final class MQTTClientCore: Sendable {
     private func failEverything(_ s: inout State, with error: MQTTError) {
         for (_, entry) in s.publishes {
             entry.timer?.cancel()
+            var finished = entry
             if case let .disconnectedByClient(_, context) = error {
-                entry.continuation?.resume(
-                    returning: .failure(.disconnectedByClient(operation: "publish to '\(entry.topic)'", context: context)))
+                finished.finish(.failure(.disconnectedByClient(operation: "publish to '\(entry.topic)'", context: context)))
             } else {
-                entry.continuation?.resume(returning: .failure(error))
+                finished.finish(.failure(error))
             }
         }
         s.publishes.removeAll()
@@ -543,6 +587,14 @@ final class MQTTClientCore: Sendable {
         s.requests.removeAll()
         for (_, waiter) in s.connectWaiters { waiter.continuation.resume(returning: .failure(error)) }
         s.connectWaiters.removeAll()
+    }
+
+    /// Sets (or with nil clears) the will libmosquitto sends in the next CONNECT.
+    private func applyWill(_ will: MQTTWill?) -> Int32 {
+        guard let will else { return mosquitto_will_clear(mosq) }
+        return will.payload.withUnsafeBytes { bytes in
+            mosquitto_will_set(mosq, will.topic, Int32(bytes.count), bytes.baseAddress, will.qos.rawValue, will.retain)
+        }
     }
 
     // MARK: - Callbacks (network thread, inside mosquitto_loop)
@@ -583,10 +635,11 @@ final class MQTTClientCore: Sendable {
             guard let entry = s.publishes.removeValue(forKey: mid) else { return }  // e.g. QoS 0 or a stale id
             entry.timer?.cancel()
             releaseSlot(&s)
+            var finished = entry
             if reasonCode >= 0x80 {
-                entry.continuation?.resume(returning: .failure(.publishRejected(reasonCode: Int(reasonCode), topic: entry.topic)))
+                finished.finish(.failure(.publishRejected(reasonCode: Int(reasonCode), topic: entry.topic)))
             } else {
-                entry.continuation?.resume(returning: .success(()))
+                finished.finish(.success(()))
             }
         }
     }
@@ -811,6 +864,10 @@ final class MQTTClientCore: Sendable {
     private func startConnectAttempt() -> Int32 {
         let config = configuration
         state.withLock { $0.connack = nil }
+        if let provider = config.willForConnection {
+            let rc = applyWill(provider())
+            if rc != MOSQ_ERR_SUCCESS.rawValue { return rc }
+        }
         let expiry: UInt32? = config.protocolVersion == .v5
             ? (config.sessionExpiryInterval ?? (config.cleanSession ? nil : UInt32.max)) : nil
         if let expiry {

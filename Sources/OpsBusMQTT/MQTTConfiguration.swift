@@ -98,6 +98,11 @@ public struct MQTTClientConfiguration: Sendable {
     /// expires" (0xFFFFFFFF) otherwise, so a v5 durable session behaves like a v3.1.1 one.
     public var sessionExpiryInterval: UInt32?
     public var will: MQTTWill?
+    /// Called on the network thread before every connection attempt (the first and each reconnect); its will
+    /// replaces `will` for that connection (nil clears it). Lets a publisher stamp each connection's will with a
+    /// fresh birth/death counter (Sparkplug's `bdSeq`), so a late will of an old connection is recognisably stale.
+    /// Keep it quick and non-blocking.
+    public var willForConnection: (@Sendable () -> MQTTWill?)?
     public var tls: MQTTTLSConfiguration?
     public var reconnect: MQTTReconnectPolicy = .init()
     /// Seconds to wait for a CONNACK in `connect()`, and the bound of one reconnect attempt.
