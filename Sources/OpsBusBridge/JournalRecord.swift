@@ -1,3 +1,5 @@
+import OpsBusCore
+
 /// One MQTT message as the bridge journals it.
 ///
 /// On disk (little-endian): `u32 bodyLength, u32 crc32(body), body`, with body =
