@@ -1,0 +1,72 @@
+import Testing
+@testable import OpsBusCore
+
+/// `prev_seq` and `ack`: the envelope keys of spooled, end-to-end acknowledged sessions (topics.md, "Edge delivery").
+@Suite struct EnvelopeSequencingTests {
+    @Test func ackAndPrevSeqRoundTripInEnvelopeOrder() throws {
+        let text = try EnvelopeFixtures.payload(.jobCompleted, replacing: "seq", with: "9")
+        var envelope = try EventEnvelope.decode(text)
+        #expect(envelope.ack == false && envelope.prevSeq == nil)
+        envelope.ack = true
+        envelope.prevSeq = 6
+        let encoded = envelope.encodedString()
+        #expect(encoded.contains(#""seq":9,"prev_seq":6,"ack":true,"#), "\(encoded)")
+        let decoded = try EventEnvelope.decode(encoded)
+        #expect(decoded == envelope)
+        #expect(decoded.jsonObject["prev_seq"] == .int(6) && decoded.jsonObject["ack"] == .bool(true))
+    }
+
+    @Test func absentKeysAreNotWritten() throws {
+        let envelope = try EventEnvelope.decode(EnvelopeFixtures.payload(.jobCompleted))
+        let encoded = envelope.encodedString()
+        #expect(!encoded.contains("prev_seq") && !encoded.contains(#""ack""#))
+    }
+
+    @Test(arguments: [
+        (#""seq":5,"prev_seq":5"#, "prev_seq"),
+        (#""seq":5,"prev_seq":-1"#, "prev_seq"),
+        (#""seq":5,"prev_seq":"4""#, "prev_seq"),
+        (#""seq":0,"ack":true"#, "ack"),
+        (#""seq":3,"ack":"yes""#, "ack"),
+    ])
+    func invalidValuesAreRefusedNamingTheKey(replacement: String, key: String) throws {
+        let text = EnvelopeFixtures.payload(.jobCompleted).replacingOccurrences(of: #""seq":7"#, with: replacement)
+        #expect(text.contains(replacement))
+        let error = try #require(throws: EnvelopeError.self) { try EventEnvelope.decode(text) }
+        #expect("\(error)".contains(key), "\(error)")
+    }
+
+    @Test func validateRefusesWhatDecodeRefuses() throws {
+        var envelope = try EventEnvelope.decode(EnvelopeFixtures.payload(.jobCompleted))
+        envelope.seq = 0
+        envelope.ack = true
+        #expect(throws: EnvelopeError.self) { try envelope.validate() }
+        envelope.seq = 4
+        envelope.prevSeq = 4
+        #expect(throws: EnvelopeError.self) { try envelope.validate() }
+        envelope.prevSeq = 3
+        try envelope.validate()
+    }
+
+    @Test func ackTopicUsesWorkerThenMachineThenUnderscore() throws {
+        var envelope = try EventEnvelope.decode(EnvelopeFixtures.payload(.jobCompleted))
+        let scheme = try TopicScheme(prefix: "prod/eu")
+        #expect(scheme.ackTopic(for: envelope) == "prod/eu/acks/_/sess-1")
+        envelope.machineID = try Identifier(validating: "box-1")
+        #expect(TopicScheme.unprefixed.ackTopic(for: envelope) == "acks/box-1/sess-1")
+        envelope.workerID = try Identifier(validating: "gpu-7")
+        #expect(TopicScheme.unprefixed.ackTopic(for: envelope) == "acks/gpu-7/sess-1")
+    }
+}
+
+extension String {
+    fileprivate func replacingOccurrences(of target: String, with replacement: String) -> String {
+        var result = ""
+        var rest = Substring(self)
+        while let range = rest.range(of: target) {
+            result += rest[..<range.lowerBound] + replacement
+            rest = rest[range.upperBound...]
+        }
+        return result + rest
+    }
+}
