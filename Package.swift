@@ -14,7 +14,10 @@ let package = Package(
     products: [
         .library(
             name: "OpsBus",
-            targets: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge"]),
+            targets: [
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusPublisher", "OpsBusProcessor",
+                "OpsBusBridge",
+            ]),
         .executable(name: "opsbus", targets: ["opsbus"]),
     ],
     dependencies: [
@@ -41,9 +44,14 @@ let package = Package(
             name: "OpsBusRedis",
             dependencies: ["CHiredis", .product(name: "Logging", package: "swift-log")]
         ),
+        // The publisher's disk spool (append-only segmented log).
+        .target(
+            name: "OpsBusSpool",
+            dependencies: ["OpsBusCore", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "OpsBusPublisher",
-            dependencies: ["OpsBusCore", "OpsBusMQTT", .product(name: "Logging", package: "swift-log")]
+            dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusSpool", .product(name: "Logging", package: "swift-log")]
         ),
         .target(
             name: "OpsBusProcessor",
@@ -61,8 +69,8 @@ let package = Package(
         .target(
             name: "OpsBusCLI",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge",
-                "OpsBusLocalServers", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusPublisher", "OpsBusProcessor",
+                "OpsBusBridge", "OpsBusLocalServers", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
@@ -73,6 +81,7 @@ let package = Package(
         .testTarget(name: "OpsBusCoreTests", dependencies: ["OpsBusCore"]),
         .testTarget(name: "OpsBusMQTTTests", dependencies: ["OpsBusMQTT", "CMosquitto", "OpsBusLocalServers"]),
         .testTarget(name: "OpsBusRedisTests", dependencies: ["OpsBusRedis", "OpsBusLocalServers"]),
+        .testTarget(name: "OpsBusSpoolTests", dependencies: ["OpsBusSpool", "OpsBusCore"]),
         .testTarget(
             name: "OpsBusIntegrationTests",
             dependencies: [
