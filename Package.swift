@@ -89,6 +89,7 @@ let package = Package(
                 "OpsBusLocalServers", "OpsBusCLI",
             ]
         ),
+        .testTarget(name: "OpsBusLinkTests", dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusLocalServers", "OpsBusCLI"]),
     ],
     swiftLanguageModes: [.v6]
 )

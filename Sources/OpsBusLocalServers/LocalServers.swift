@@ -13,6 +13,9 @@ public struct MosquittoConfiguration: Sendable {
     public var maxInflightMessages: Int = 20
     /// Extra `mosquitto.conf` lines (e.g. `password_file`, `acl_file`, TLS listeners).
     public var extraLines: [String] = []
+    /// More IPv4 addresses to listen on, on the same port as 127.0.0.1 (e.g. a veth address the lossy-link tests
+    /// reach from another network namespace). Each must already be configured on an interface, or mosquitto exits.
+    public var additionalListenAddresses: [String] = []
 
     public init() {}
 }
@@ -42,6 +45,7 @@ public enum LocalMosquitto {
                 "log_type information",
                 "log_timestamp_format %Y-%m-%dT%H:%M:%S",
             ]
+            lines += configuration.additionalListenAddresses.map { "listener \(port) \($0)" }
             if getuid() == 0 { lines.append("user root") }  // keep access to our temp dir
             lines += configuration.extraLines
             let configFile = directory.appendingPathComponent("mosquitto.conf")

@@ -1,0 +1,171 @@
+import Foundation
+import OpsBusLocalServers
+
+/// Why a lossy-link test could not set up, run or verify its scenario; each case says what was being done.
+enum LinkTestError: Error, CustomStringConvertible {
+    /// Network namespaces (or nftables) are not usable here; the text tells the developer what to do.
+    case environmentUnavailable(String)
+    case commandFailed(command: [String], status: Int32, output: String)
+    case launchFailed(command: [String], reason: String)
+    case timedOut(String)
+    case setup(String)
+
+    var description: String {
+        switch self {
+        case let .environmentUnavailable(text): return text
+        case let .commandFailed(command, status, output):
+            return "`\(command.joined(separator: " "))` exited with status \(status): \(output.trimmingCharacters(in: .whitespacesAndNewlines))"
+        case let .launchFailed(command, reason): return "could not run `\(command.joined(separator: " "))`: \(reason)"
+        case let .timedOut(text): return "timed out: \(text)"
+        case let .setup(text): return text
+        }
+    }
+}
+
+/// Short-lived system commands (`ip`, `nft`), run to completion with their output captured.
+enum Command {
+    /// Runs `executable arguments` (stdin from `input` if given) and returns stdout+stderr; throws on a non-zero status.
+    @discardableResult
+    static func run(_ executable: String, _ arguments: [String], input: String? = nil) throws(LinkTestError) -> String {
+        let command = [executable] + arguments
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        let stdin = Pipe()
+        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
+        do {
+            try ChildLauncher.run(process)
+        } catch {
+            throw .launchFailed(command: command, reason: "\(error)")
+        }
+        if let input {
+            stdin.fileHandleForWriting.write(Data(input.utf8))
+            try? stdin.fileHandleForWriting.close()
+        }
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        let text = String(decoding: data, as: UTF8.self)
+        guard process.terminationStatus == 0 else {
+            throw .commandFailed(command: command, status: process.terminationStatus, output: text)
+        }
+        return text
+    }
+
+    /// Where a system tool lives: Debian keeps `ip` and `nft` in /usr/sbin, which is not on every PATH.
+    static func locate(_ name: String) -> String? {
+        var directories = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map(String.init)
+        directories += ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+        return directories.map { $0 + "/" + name }.first { FileManager.default.isExecutableFile(atPath: $0) }
+    }
+}
+
+/// A long-running child (bridge, pump) with stdout and stderr in files, so it can be read while it runs.
+final class ChildProcess: @unchecked Sendable {
+    let process = Process()
+    let label: String
+    let stdoutFile: URL
+    let stderrFile: URL
+
+    init(_ label: String, _ executable: String, _ arguments: [String]) throws(LinkTestError) {
+        self.label = label
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-link-\(UUID().uuidString.prefix(8))")
+        stdoutFile = base.appendingPathExtension("out")
+        stderrFile = base.appendingPathExtension("err")
+        _ = FileManager.default.createFile(atPath: stdoutFile.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: stderrFile.path, contents: nil)
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
+        var environment = ProcessInfo.processInfo.environment
+        for key in ["MQTT_URL", "REDIS_URL", "WORKER_ID", "MACHINE_ID", "OPSBUS_TOPIC_PREFIX", "OPSBUS_BRIDGE_ROUTES"] {
+            environment[key] = nil
+        }
+        process.environment = environment
+        process.standardInput = FileHandle.nullDevice
+        do {
+            process.standardOutput = try FileHandle(forWritingTo: stdoutFile)
+            process.standardError = try FileHandle(forWritingTo: stderrFile)
+            try ChildLauncher.run(process)
+        } catch {
+            throw .launchFailed(command: [executable] + arguments, reason: "\(error)")
+        }
+    }
+
+    var stdout: String { (try? String(contentsOf: stdoutFile, encoding: .utf8)) ?? "" }
+    var stderr: String { (try? String(contentsOf: stderrFile, encoding: .utf8)) ?? "" }
+    var isRunning: Bool { process.isRunning }
+    var pid: Int32 { process.processIdentifier }
+
+    /// The last lines of stderr, for failure messages.
+    func stderrTail(_ lines: Int = 25) -> String {
+        stderr.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
+    }
+
+    /// Waits for exit (SIGKILL after `timeout`) and returns the exit status.
+    func wait(timeout: Double) async throws -> Int32 {
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(50)) }
+        if process.isRunning {
+            kill(process.processIdentifier, SIGKILL)
+            process.waitUntilExit()
+            throw LinkTestError.timedOut("\(label) did not exit within \(timeout) s; stderr tail:\n\(stderrTail())")
+        }
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    func signal(_ number: Int32) { if process.isRunning { kill(process.processIdentifier, number) } }
+
+    /// SIGKILL and reap.
+    func killHard() {
+        guard process.isRunning else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    deinit {
+        killHard()
+        try? FileManager.default.removeItem(at: stdoutFile)
+        try? FileManager.default.removeItem(at: stderrFile)
+    }
+}
+
+/// Polls `condition` every 50 ms until it holds or `timeout` passes; returns whether it held.
+func waitUntil(timeout: Double, _ condition: () throws -> Bool) async throws -> Bool {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        if try condition() { return true }
+        try await Task.sleep(for: .milliseconds(50))
+    }
+    return try condition()
+}
+
+/// The built `opsbus` executable (swift build puts it beside the test bundle).
+func opsbusExecutable() throws(LinkTestError) -> String {
+    var candidates: [String] = []
+    candidates.append(Bundle.main.bundleURL.deletingLastPathComponent().appendingPathComponent("opsbus").path)
+    for argument in CommandLine.arguments where argument.contains(".build") {
+        var url = URL(fileURLWithPath: argument)
+        while url.path != "/" && !url.lastPathComponent.hasSuffix(".xctest") { url.deleteLastPathComponent() }
+        candidates.append(url.deletingLastPathComponent().appendingPathComponent("opsbus").path)
+    }
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().deletingLastPathComponent()
+    candidates.append(root.appendingPathComponent(".build/debug/opsbus").path)
+    if let found = candidates.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) { return found }
+    throw .setup("opsbus executable not found (looked in \(candidates)); build with `swift build --build-tests`")
+}
+
+/// A fresh directory under the temp dir (spools, journals), removed by the caller.
+func makeScratchDirectory(_ prefix: String) throws(LinkTestError) -> URL {
+    let url = FileManager.default.temporaryDirectory
+        .appendingPathComponent("opsbus-link-\(prefix)-\(getpid())-\(UUID().uuidString.prefix(8))")
+    do {
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+    } catch {
+        throw .setup("cannot create \(url.path): \(error)")
+    }
+    return url
+}
