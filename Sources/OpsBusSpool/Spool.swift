@@ -84,6 +84,7 @@ public final class Spool: Sendable {
     /// Stores the record (stamping `appendedAtMilliseconds`); durable per `durability` when it returns. Seqs must
     /// increase per session in append order (`.invalidRecord` otherwise), so callers append one session serially.
     /// If it throws, the record is not in the spool (the seq may be used again).
+    @discardableResult
     public func append(_ record: SpoolRecord) async throws(SpoolError) -> SpoolAppendOutcome {
         try await core.append(record).get()
     }
@@ -258,7 +259,8 @@ final class SpoolCore: Sendable {
         }
         store.deleteDeadPrefix()
         let index = store.index
-        logger.info("spool opened", metadata: [
+        let level: Logger.Level = index.liveCount > 0 || !log.truncations.isEmpty || log.damagedStretches > 0 ? .info : .debug
+        logger.log(level: level, "spool opened", metadata: [
             "directory": "\(directory)", "records": "\(index.liveCount)", "sessions": "\(index.orderedSessions().count)",
             "bytes": "\(store.diskBytes)", "torn_records_skipped": "\(index.counters.torn)",
             "recovery_ms": "\(milliseconds(ContinuousClock.now - started))",
