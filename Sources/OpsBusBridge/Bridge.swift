@@ -24,6 +24,11 @@ import Synchronization
 /// * **Exactly-once effect**: journal replays and broker redeliveries are suppressed in Redis by the dedup id
 ///   (see `StreamEntryFormat`, `DedupWindow`), atomically with the XADD.
 /// * **Order**: one writer, journal order = delivery order, so one publisher's entries on one route keep their order.
+/// * **Sessions with end-to-end acks** (envelopes with `ack: true`): committed strictly in `seq` order, exactly once
+///   per seq, by `BridgeScripts.appendInSession` (the session's position lives in Redis and moves in the same Lua
+///   call as the XADD); events after a gap are held back (not written) until the publisher re-sends from the gap.
+///   After each batch, one retained QoS 1 ack per session touched goes to `acks/<owner>/<session_id>` with the
+///   committed position (`AckPublisher`; off with `BridgeConfiguration.acknowledgements`).
 /// * Not guaranteed: messages the broker acknowledged to the publisher but lost itself (broker `kill -9` before its
 ///   next autosave); raw (non-envelope) payloads redelivered by the broker are mirrored twice (they carry no id).
 public final class Bridge: Sendable {
@@ -53,8 +58,10 @@ public final class Bridge: Sendable {
         mqtt.cleanSession = false
         mqtt.keepAlive = configuration.keepAlive
         client = try MQTTClient(configuration: mqtt, logger: logger)
+        let acks = configuration.acknowledgements ? AckPublisher(client: client, statistics: counters, logger: logger) : nil
         writer = StreamWriter(
-            journal: journal, routes: routes, configuration: configuration, statistics: counters, logger: logger)
+            journal: journal, routes: routes, configuration: configuration, statistics: counters, acks: acks,
+            logger: logger)
     }
 
     /// True once the first SUBACK arrived: messages published from then on reach the bridge.
@@ -107,7 +114,8 @@ public final class Bridge: Sendable {
         let stats = statistics
         logger.info("bridge stopped", metadata: [
             "entries": "\(stats.entries)", "duplicates": "\(stats.duplicates)", "dead_lettered": "\(stats.deadLettered)",
-            "committed": "\(stats.committed)",
+            "seq_duplicates": "\(stats.sequenceDuplicates)", "out_of_order": "\(stats.outOfOrder)",
+            "acks_published": "\(stats.acksPublished)", "committed": "\(stats.committed)",
         ])
     }
 

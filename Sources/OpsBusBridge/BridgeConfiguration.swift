@@ -52,6 +52,17 @@ public struct BridgeConfiguration: Sendable {
     public var drainTimeout: Double = 10
     public var redisCommandTimeout: Double = 5
     public var keepAlive = 30
+    /// Publish end-to-end acknowledgements (`acks/<owner>/<session_id>`, retained, QoS 1) after each batch for every
+    /// session of `ack: true` envelopes it touched. When false, such envelopes are still committed in order and
+    /// exactly once, but their publishers hear nothing and re-send after their timeout.
+    public var acknowledgements = true
+    /// TTL of a session's committed position in Redis (`opsbus:session:{<id>}:acked`), refreshed whenever the
+    /// session is seen. Every publisher process start is a new session, so without a TTL the keys would pile up
+    /// forever; a session silent for longer than this starts again at 0 (its remaining events would then be held
+    /// back as out of order), so keep it above the longest time a publisher may hold unacknowledged events.
+    public var sessionTTLSeconds = 7 * 86_400
+    /// The topic prefix for the ack topics (the routes are configured separately).
+    public var topicScheme = TopicScheme.unprefixed
 
     public init(mqtt: MQTTEndpoint, redis: RedisEndpoint, routes: [BridgeRoute], instance: String? = nil,
                 clientID: String? = nil, journalDirectory: String? = nil) {
@@ -83,6 +94,9 @@ public struct BridgeConfiguration: Sendable {
         if dedupWindow.seconds < 1 || dedupWindow.size < 1 {
             throw .invalidConfiguration(reason: "the dedup window needs at least 1 second and 1 id")
         }
+        if sessionTTLSeconds < 60 {
+            throw .invalidConfiguration(reason: "the session TTL must be at least 60 seconds (got \(sessionTTLSeconds))")
+        }
         if batchSize < 1 || batchSize > 100_000 {
             throw .invalidConfiguration(reason: "batch size must be from 1 to 100000")
         }
@@ -105,7 +119,8 @@ public struct BridgeConfiguration: Sendable {
 ///     {"filter": "workers/+/health", "stream": "health:{2}", "maxLength": null}
 ///   ],
 ///   "dedupWindowSeconds": 86400, "dedupWindowSize": 100000,
-///   "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000
+///   "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000,
+///   "acknowledgements": true, "sessionTTLSeconds": 604800
 /// }
 /// ```
 /// Only `routes` with `filter` and `stream` is required; omitted keys take the defaults (`maxLength` 1,000,000,
@@ -116,6 +131,8 @@ public struct BridgeConfigurationFile: Sendable {
     public var journalMaxBytes: Int64?
     public var fsync: JournalFsync?
     public var batchSize: Int?
+    public var acknowledgements: Bool?
+    public var sessionTTLSeconds: Int?
 
     public static func load(path: String) throws(BridgeError) -> BridgeConfigurationFile {
         guard let data = FileManager.default.contents(atPath: path) else {
@@ -132,7 +149,10 @@ public struct BridgeConfigurationFile: Sendable {
         guard let object = value.objectValue else {
             throw .configurationFile(path: path, reason: "expected a JSON object at the top level")
         }
-        let known = ["routes", "dedupWindowSeconds", "dedupWindowSize", "journalMaxBytes", "fsync", "batchSize"]
+        let known = [
+            "routes", "dedupWindowSeconds", "dedupWindowSize", "journalMaxBytes", "fsync", "batchSize", "acknowledgements",
+            "sessionTTLSeconds",
+        ]
         if let unknown = object.keys.first(where: { !known.contains($0) }) {
             throw .configurationFile(path: path, reason: "unknown key '\(unknown)' (known: \(known.joined(separator: ", ")))")
         }
@@ -192,6 +212,13 @@ public struct BridgeConfigurationFile: Sendable {
         }
         file.journalMaxBytes = try integer(object["journalMaxBytes"], "journalMaxBytes").map(Int64.init)
         file.batchSize = try integer(object["batchSize"], "batchSize")
+        file.sessionTTLSeconds = try integer(object["sessionTTLSeconds"], "sessionTTLSeconds")
+        if let value = object["acknowledgements"], !value.isNull {
+            guard let flag = value.boolValue else {
+                throw .configurationFile(path: path, reason: "'acknowledgements' must be true or false")
+            }
+            file.acknowledgements = flag
+        }
         if let text = object["fsync"]?.stringValue {
             guard let mode = JournalFsync(rawValue: text) else {
                 throw .configurationFile(path: path, reason: "'fsync' must be always, batch or never")

@@ -17,9 +17,12 @@ public struct PlannedWrite: Sendable, Hashable {
     public var maxAgeSeconds: Int?
     /// Field/value pairs in entry order.
     public var fields: [(String, [UInt8])]
+    /// Set for an envelope sent with `ack: true`: the write goes through `BridgeScripts.appendInSession` (ordered,
+    /// exactly once per session seq) instead of `BridgeScripts.append`.
+    public var session: SessionSequence?
 
     public static func == (lhs: PlannedWrite, rhs: PlannedWrite) -> Bool {
-        lhs.kind == rhs.kind && lhs.stream == rhs.stream && lhs.dedupID == rhs.dedupID
+        lhs.kind == rhs.kind && lhs.stream == rhs.stream && lhs.dedupID == rhs.dedupID && lhs.session == rhs.session
             && lhs.fields.map(\.0) == rhs.fields.map(\.0) && lhs.fields.map(\.1) == rhs.fields.map(\.1)
     }
 
@@ -56,6 +59,12 @@ public struct PlannedWrite: Sendable, Hashable {
 ///
 /// Dead letters go to `bridge:deadletter` with `topic`, `reason`, `payload` (first `deadLetterPayloadBytes` bytes),
 /// `payload_bytes` (original size), `qos`, `retain`, `received_at`, `bridge`, and `route` (the route's filter).
+///
+/// **Sessions** (`PlannedWrite.session`): an envelope with `ack: true`, a valid `session_id` and `seq` ≥ 1 is
+/// committed in its session's order (`BridgeScripts.appendInSession`). Only `ack`, `prev_seq`, `worker_id` and
+/// `machine_id` are read in addition, from the same parse. A dead-lettered record is scanned for those keys
+/// (`SessionSequence.scan`, tolerant of the truncated head of an oversize payload), so a sequenced event that is
+/// dead-lettered still advances its session instead of blocking it.
 public enum StreamEntryFormat {
     public static func plan(_ entry: JournalEntry, routes: RouteTable, configuration: BridgeConfiguration,
                             journalIdentity: String = "") -> PlannedWrite {
@@ -72,7 +81,8 @@ public enum StreamEntryFormat {
             if let route { fields.append(("route", Array(route.filter.rawValue.utf8))) }
             return PlannedWrite(
                 kind: .deadLetter(reason: reason), stream: configuration.deadLetterStream, dedupID: journalID,
-                maxLength: configuration.deadLetterMaxLength, maxAgeSeconds: nil, fields: fields)
+                maxLength: configuration.deadLetterMaxLength, maxAgeSeconds: nil, fields: fields,
+                session: SessionSequence.scan(record.payload))
         }
         guard let route = routes.route(for: record.topic) else {
             return deadLetter("no route matches the topic (routes changed since it was journaled?)", route: nil)
@@ -96,6 +106,7 @@ public enum StreamEntryFormat {
         var eventID: String?
         var sessionID: String?
         var seq: Int64?
+        var session: SessionSequence?
         if let object = parsed?.objectValue {
             eventID = object["event_id"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
             sessionID = object["session_id"]?.stringValue.flatMap { $0.isEmpty ? nil : $0 }
@@ -104,6 +115,7 @@ public enum StreamEntryFormat {
             if let type = object["event_type"]?.stringValue { fields.append(("event_type", Array(type.utf8))) }
             if let sessionID { fields.append(("session_id", Array(sessionID.utf8))) }
             if let seq { fields.append(("seq", Array(String(seq).utf8))) }
+            session = SessionSequence.from(object)
         }
         fields += common(record, configuration)
         let dedupID: String
@@ -120,7 +132,7 @@ public enum StreamEntryFormat {
         }
         return PlannedWrite(
             kind: .entry, stream: stream, dedupID: dedupID, maxLength: route.maxLength, maxAgeSeconds: route.maxAgeSeconds,
-            fields: fields)
+            fields: fields, session: session)
     }
 
     private static func common(_ record: JournalRecord, _ configuration: BridgeConfiguration) -> [(String, [UInt8])] {
@@ -141,6 +153,10 @@ public enum StreamEntryFormat {
 
     /// The dedup set of a stream.
     public static func dedupKey(stream: String) -> String { "bridge:dedup:" + stream }
+
+    /// A session's committed position: a string holding the highest contiguous seq written (absent = 0). The braces
+    /// are a Redis Cluster hash tag, so a session's key stays in one slot whatever else is stored beside it later.
+    public static func sessionKey(sessionID: String) -> String { "opsbus:session:{\(sessionID)}:acked" }
 }
 
 /// The Lua scripts of the writer. `append` runs once per record and does only what must be atomic with the XADD;
@@ -172,6 +188,95 @@ public enum BridgeScripts {
         end
         redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
         return entry
+        """)
+
+    /// The `append` of an envelope with `ack: true`: commits a session's events in `seq` order, exactly once, in one
+    /// atomic call with the XADD. With `acked` the session's stored position (absent = 0):
+    /// * `seq ≤ acked`: duplicate, not written (`bridge_duplicates`, `bridge_seq_duplicates`);
+    /// * `seq == acked + 1`, or `prev_seq ≤ acked < seq` (the publisher dropped the numbers between): written, and
+    ///   `acked = seq`. If the dedup set already holds the event id the entry is not written again but the position
+    ///   still moves (the event is in the stream). If Redis refuses the XADD (e.g. `WRONGTYPE`), the record is
+    ///   dead-lettered here, with the reason, and the position moves too: refusing it would hold the session back
+    ///   until the publisher re-sent every later event once more per refused one;
+    /// * otherwise: out of order, not written, position unchanged (`bridge_out_of_order`); the publisher re-sends
+    ///   from `acked + 1` (go-back-N).
+    /// Every call that finds the session refreshes its key's TTL (one key per publisher process start: without a TTL
+    /// they would pile up forever; with it, a session silent for longer than the TTL starts again at 0, so the TTL
+    /// must exceed the longest time a publisher may hold unacknowledged events).
+    /// Seqs are compared as Lua numbers: exact up to 2^53.
+    ///
+    /// KEYS: stream, dedup set, stats hash, session key, dead-letter stream. ARGV: dedup id ('' = none), maxlen
+    /// (0 = none), counter field (`bridge_dead_lettered` when the record is itself a dead letter), seq, prev_seq
+    /// ('' = none), TTL seconds, dead-letter maxlen, dead-letter payload bytes, then field/value pairs.
+    /// Returns `{code, acked, detail}`: code `w` written, `x` dead-lettered, `s` duplicate by seq, `d` duplicate by
+    /// event id (position moved), `o` out of order, `e` dropped (a dead letter Redis refused too; `detail` has Redis's
+    /// message); `acked` the position afterwards.
+    public static let appendInSession = RedisScript(name: "bridge_append_session", source: """
+        local seq = tonumber(ARGV[4])
+        local acked = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+        if seq <= acked then
+          redis.call('EXPIRE', KEYS[4], ARGV[6])
+          redis.call('HINCRBY', KEYS[3], 'bridge_duplicates', 1)
+          redis.call('HINCRBY', KEYS[3], 'bridge_seq_duplicates', 1)
+          return {'s', acked, ''}
+        end
+        if seq ~= acked + 1 and (ARGV[5] == '' or tonumber(ARGV[5]) > acked) then
+          if acked > 0 then redis.call('EXPIRE', KEYS[4], ARGV[6]) end
+          redis.call('HINCRBY', KEYS[3], 'bridge_out_of_order', 1)
+          return {'o', acked, ''}
+        end
+        local id = ARGV[1]
+        local code = 'w'
+        local detail = ''
+        if id ~= '' and redis.call('ZSCORE', KEYS[2], id) then
+          redis.call('HINCRBY', KEYS[3], 'bridge_duplicates', 1)
+          code = 'd'
+        else
+          local args = {'XADD', KEYS[1]}
+          if ARGV[2] ~= '0' then
+            args[#args + 1] = 'MAXLEN'
+            args[#args + 1] = '~'
+            args[#args + 1] = ARGV[2]
+          end
+          args[#args + 1] = '*'
+          for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
+          local entry = redis.pcall(unpack(args))
+          if type(entry) == 'table' and entry.err then
+            detail = entry.err
+            code = 'e'
+            if ARGV[3] ~= 'bridge_dead_lettered' then
+              local letter = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'stream', KEYS[1],
+                'reason', 'redis rejected the entry: ' .. entry.err}
+              local payload = ''
+              for i = 9, #ARGV - 1, 2 do
+                if ARGV[i] == 'payload' then
+                  payload = ARGV[i + 1]
+                else
+                  letter[#letter + 1] = ARGV[i]
+                  letter[#letter + 1] = ARGV[i + 1]
+                end
+              end
+              letter[#letter + 1] = 'payload'
+              letter[#letter + 1] = string.sub(payload, 1, tonumber(ARGV[8]))
+              local written = redis.pcall(unpack(letter))
+              if type(written) == 'table' and written.err then
+                detail = detail .. '; the dead letter failed too: ' .. written.err
+              else
+                code = 'x'
+                redis.call('HINCRBY', KEYS[3], 'bridge_dead_lettered', 1)
+              end
+            end
+          else
+            if id ~= '' then
+              local t = redis.call('TIME')
+              redis.call('ZADD', KEYS[2], tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000), id)
+            end
+            redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+            if ARGV[3] == 'bridge_dead_lettered' then code = 'x' end
+          end
+        end
+        redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[6])
+        return {code, seq, detail}
         """)
 
     /// KEYS: stream, dedup set. ARGV: window seconds, window size, max age seconds (0 = none).
@@ -209,5 +314,29 @@ public enum BridgeScripts {
             arguments.append(value)
         }
         return ([Array(write.stream.utf8), Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8), Array(statsKey.utf8)], arguments)
+    }
+
+    /// Arguments of `appendInSession` for a write with a `session`.
+    static func sessionArguments(_ write: PlannedWrite, _ session: SessionSequence, configuration: BridgeConfiguration)
+        -> (keys: [[UInt8]], arguments: [[UInt8]])
+    {
+        let counter = write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered"
+        var arguments: [[UInt8]] = [
+            Array(write.dedupID.utf8), Array(String(write.maxLength ?? 0).utf8), Array(counter.utf8),
+            Array(String(session.seq).utf8), session.prevSeq.map { Array(String($0).utf8) } ?? [],
+            Array(String(configuration.sessionTTLSeconds).utf8), Array(String(configuration.deadLetterMaxLength).utf8),
+            Array(String(configuration.deadLetterPayloadBytes).utf8),
+        ]
+        arguments.reserveCapacity(arguments.count + 2 * write.fields.count)
+        for (name, value) in write.fields {
+            arguments.append(Array(name.utf8))
+            arguments.append(value)
+        }
+        let keys = [
+            Array(write.stream.utf8), Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8),
+            Array(configuration.statsKey.utf8), Array(StreamEntryFormat.sessionKey(sessionID: session.sessionID).utf8),
+            Array(configuration.deadLetterStream.utf8),
+        ]
+        return (keys, arguments)
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import OpsBusCore
 import OpsBusRedis
 import Synchronization
 
@@ -10,6 +11,12 @@ public struct BridgeStatistics: Sendable, Hashable {
     public var entries = 0
     public var duplicates = 0
     public var deadLettered = 0
+    /// Of `duplicates`: `ack: true` envelopes whose seq the session had already committed.
+    public var sequenceDuplicates = 0
+    /// `ack: true` envelopes held back (not written) because an earlier seq of their session is missing.
+    public var outOfOrder = 0
+    /// Acknowledgements the broker confirmed (PUBACK).
+    public var acksPublished = 0
     public var redisFailures = 0
     public var committed = JournalPosition(segment: 0, offset: 0)
     public var lastRedisError: String?
@@ -28,8 +35,9 @@ final class StatisticsBox: Sendable {
 /// journals them in delivery order).
 ///
 /// Batch cycle: read up to `batchSize` records after the last committed position; plan each (route, validation,
-/// fields, dedup id); send one pipeline of `BridgeScripts.append` calls; then persist the position after the batch
-/// (`Journal.commit`). If Redis fails (connection lost, timeout), nothing is committed and the *same* batch is
+/// fields, dedup id); send one pipeline of `BridgeScripts.append` calls (`appendInSession` for `ack: true`
+/// envelopes); hand one acknowledgement per session the batch touched to the `AckPublisher`; then persist the
+/// position after the batch (`Journal.commit`). If Redis fails (connection lost, timeout), nothing is committed and the *same* batch is
 /// retried with backoff: records that did reach Redis are suppressed by their dedup id. A record that Redis
 /// rejects outright (e.g. `WRONGTYPE`: the stream key holds another type) is dead-lettered with Redis's message,
 /// since retrying would block the bridge forever.
@@ -42,6 +50,11 @@ final class StreamWriter: @unchecked Sendable {
     private let wakeup = DispatchSemaphore(value: 0)
     private let control = Mutex(Control())
     let statistics: StatisticsBox
+    private let acks: AckPublisher?
+    /// Whether the "acknowledgements are off" warning was logged (writer thread only).
+    private var warnedAcksOff = false
+    /// `acksPublished` as far as it was added to `bridge_acks_published` in the stats hash (writer thread only).
+    private var recordedAcks = 0
 
     struct Control {
         var stopRequested = false
@@ -51,7 +64,8 @@ final class StreamWriter: @unchecked Sendable {
     }
 
     init(journal: Journal, routes: RouteTable, configuration: BridgeConfiguration,
-         statistics: StatisticsBox, logger: Logger) {
+         statistics: StatisticsBox, acks: AckPublisher?, logger: Logger) {
+        self.acks = acks
         self.journal = journal
         self.routes = routes
         self.configuration = configuration
@@ -110,6 +124,7 @@ final class StreamWriter: @unchecked Sendable {
             }
             if batch.entries.isEmpty {
                 if batch.next != position { commit(batch.next, &position) }
+                if let connection, !connection.isBroken { recordAcks(connection) }
                 if stopState.requested && journal.appendedEnd <= position { break }
                 if stopState.pastDeadline { break }
                 _ = wakeup.wait(timeout: .now() + .milliseconds(200))
@@ -171,7 +186,17 @@ final class StreamWriter: @unchecked Sendable {
         }
     }
 
-    /// One pipeline for the batch; Redis-rejected records are dead-lettered in a second pipeline.
+    /// Adds the acks confirmed since the last batch to the stats hash while idle (so the count does not wait for the
+    /// next message). A failure is left for the next batch, which retries with the connection.
+    private func recordAcks(_ connection: RedisConnection) {
+        let acksPublished = statistics.value.withLock { $0.acksPublished }
+        guard acksPublished > recordedAcks else { return }
+        let reply = try? connection.command(
+            ["HINCRBY", configuration.statsKey, "bridge_acks_published", String(acksPublished - recordedAcks)])
+        if reply?.int != nil { recordedAcks = acksPublished }
+    }
+
+    /// One pipeline for the batch; Redis-rejected records are dead-lettered in a second pipeline. Then the acks.
     private func write(_ entries: [JournalEntry], _ connection: RedisConnection) throws(RedisError) {
         let plans = entries.map {
             StreamEntryFormat.plan($0, routes: routes, configuration: configuration, journalIdentity: journal.identity)
@@ -180,8 +205,13 @@ final class StreamWriter: @unchecked Sendable {
         var trims: [String: Int?] = [:]
         var trimOrder: [String] = []
         for plan in plans {
-            let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
-            pipeline.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
+            if let session = plan.session {
+                let (keys, arguments) = BridgeScripts.sessionArguments(plan, session, configuration: configuration)
+                pipeline.appendEvaluate(BridgeScripts.appendInSession, keys: keys, arguments: arguments)
+            } else {
+                let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
+                pipeline.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
+            }
             if trims.updateValue(plan.maxAgeSeconds, forKey: plan.stream) == nil { trimOrder.append(plan.stream) }
         }
         // Housekeeping once per stream per batch, after its appends, in the same round trip.
@@ -190,7 +220,13 @@ final class StreamWriter: @unchecked Sendable {
                 stream: stream, maxAgeSeconds: trims[stream] ?? nil, window: configuration.dedupWindow)
             pipeline.appendEvaluate(BridgeScripts.trim, keys: keys, arguments: arguments)
         }
+        // Acks confirmed since the last batch go to the stats hash in the same round trip (best effort).
+        let acksPublished = statistics.value.withLock { $0.acksPublished }
+        if acksPublished > recordedAcks {
+            pipeline.append(["HINCRBY", configuration.statsKey, "bridge_acks_published", String(acksPublished - recordedAcks)])
+        }
         let allReplies = try pipeline.execute()
+        recordedAcks = acksPublished
         for (stream, reply) in zip(trimOrder, allReplies.dropFirst(plans.count)) {
             if case .error(let message) = reply {
                 logger.warning("trimming failed", metadata: ["stream": "\(stream)", "error": "\(message)"])
@@ -199,15 +235,49 @@ final class StreamWriter: @unchecked Sendable {
         let replies = Array(allReplies.prefix(plans.count))
         var written = 0
         var duplicates = 0
+        var sequenceDuplicates = 0
+        var outOfOrder = 0
         var deadLettered = 0
         var rejected: [PlannedWrite] = []
+        /// Per session touched, its position after the batch (the last reply wins: they ran in order).
+        var positions: [String: (session: SessionSequence, acked: UInt64)] = [:]
+        var sessionOrder: [String] = []
         for (plan, reply) in zip(plans, replies) {
+            if let session = plan.session, reply.errorMessage == nil {
+                let parts = reply.array ?? []
+                let code = parts.first?.string ?? "?"
+                guard parts.count >= 2, let acked = parts[1].int, acked >= 0 else {
+                    logger.error("unexpected reply of the session script", metadata: ["reply": "\(reply)"])
+                    continue
+                }
+                switch code {
+                case "w": written += 1
+                case "x": deadLettered += 1
+                case "d": duplicates += 1
+                case "s":
+                    duplicates += 1
+                    sequenceDuplicates += 1
+                case "o": outOfOrder += 1
+                default:
+                    logger.error("Redis rejected an entry and its dead letter; dropping it", metadata: [
+                        "stream": "\(plan.stream)", "session_id": "\(session.sessionID)", "seq": "\(session.seq)",
+                        "error": "\(parts.count > 2 ? parts[2].string ?? "" : "")",
+                    ])
+                }
+                if positions.updateValue((session, UInt64(acked)), forKey: session.sessionID) == nil {
+                    sessionOrder.append(session.sessionID)
+                }
+                continue
+            }
             switch reply {
             case .error(let message):
                 if case .deadLetter = plan.kind {
                     logger.error("Redis rejected a dead letter; dropping it",
                         metadata: ["stream": "\(plan.stream)", "error": "\(message)"])
                 } else {
+                    // A session write whose script failed as a whole (e.g. OOM, or the session key holds another
+                    // type) is dead-lettered without touching the session: its publisher gets no ack for it and
+                    // re-sends it, so nothing is lost once the cause is gone.
                     var deadLetter = plan
                     deadLetter.kind = .deadLetter(reason: "redis rejected the entry: \(message)")
                     deadLetter.fields = [("stream", Array(plan.stream.utf8)), ("reason", Array("redis rejected the entry: \(message)".utf8))]
@@ -216,6 +286,7 @@ final class StreamWriter: @unchecked Sendable {
                     deadLetter.stream = configuration.deadLetterStream
                     deadLetter.maxLength = configuration.deadLetterMaxLength
                     deadLetter.maxAgeSeconds = nil
+                    deadLetter.session = nil
                     rejected.append(deadLetter)
                 }
             case .null:
@@ -242,7 +313,31 @@ final class StreamWriter: @unchecked Sendable {
         statistics.value.withLock {
             $0.entries += written
             $0.duplicates += duplicates
+            $0.sequenceDuplicates += sequenceDuplicates
+            $0.outOfOrder += outOfOrder
             $0.deadLettered += deadLettered
         }
+        if outOfOrder > 0 {
+            logger.debug("held back out-of-order events", metadata: ["count": "\(outOfOrder)"])
+        }
+        guard !sessionOrder.isEmpty else { return }
+        guard let acks else {
+            if !warnedAcksOff {
+                warnedAcksOff = true
+                logger.warning("""
+                    envelopes with ack: true arrive but acknowledgements are off (--no-acks): they are committed in \
+                    order, but their publishers never get an ack and keep re-sending them
+                    """)
+            }
+            return
+        }
+        let now = EventTimestamp.now()
+        acks.submit(sessionOrder.compactMap { id in
+            positions[id].map { position in
+                SessionAck(
+                    topic: configuration.topicScheme.ackTopic(owner: position.session.owner, sessionID: id), sessionID: id,
+                    seq: position.acked, bridge: configuration.clientID, timestamp: now)
+            }
+        })
     }
 }

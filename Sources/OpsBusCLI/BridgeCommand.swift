@@ -51,7 +51,8 @@ struct BridgeCommand: AsyncParsableCommand {
             [;maxbytes=N], e.g. 'jobs/#=events:jobs;maxlen=100000;json'.
             Config file (JSON): {"routes": [{"filter": "jobs/#", "stream": "events:{1}", "maxLength": 1000000, \
             "maxAgeSeconds": 86400, "requireJSON": true, "maxPayloadBytes": 262144}], "dedupWindowSeconds": 86400, \
-            "dedupWindowSize": 100000, "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000}.
+            "dedupWindowSize": 100000, "journalMaxBytes": 1073741824, "fsync": "never", "batchSize": 1000, \
+            "acknowledgements": true, "sessionTTLSeconds": 604800}.
 
             Delivery: subscribes at QoS 1 with a durable session (client id opsbus-bridge[-<instance>]). Each \
             message is appended to a local journal (--journal) before the broker gets its PUBACK, so kill -9 loses \
@@ -61,6 +62,10 @@ struct BridgeCommand: AsyncParsableCommand {
             them (configure the broker with max_queued_messages 0 and a max_queued_bytes cap). An OS crash or power \
             loss can lose journaled messages unless --fsync always. Invalid payloads go to bridge:deadletter. \
             SIGINT/SIGTERM: stop taking messages, write the journal's rest to Redis, disconnect.
+            End-to-end acks: envelopes sent with "ack": true are committed per session strictly in seq order, \
+            each seq once (a gap holds later events back until the publisher re-sends); after each batch the bridge \
+            publishes, for every such session it touched, a retained QoS 1 message on acks/<owner>/<session_id> \
+            with the highest seq committed without gaps. --no-acks stops these messages (ordering stays).
             """)
 
     @OptionGroup var routeOptions: BridgeRouteOptions
@@ -92,15 +97,22 @@ struct BridgeCommand: AsyncParsableCommand {
     @Option(help: "Seconds to keep writing the journal to Redis after SIGTERM before leaving the rest for the next start.")
     var drainTimeout: Double = 10
 
+    @Flag(name: .customLong("no-acks"), help: "Do not publish end-to-end acknowledgements on acks/<owner>/<session_id>.")
+    var noAcks = false
+
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
         let logger = try common.makeLogger("opsbus.bridge")
-        let (routes, file) = try routeOptions.resolve(scheme: try connection.topicScheme())
+        let scheme = try connection.topicScheme()
+        let (routes, file) = try routeOptions.resolve(scheme: scheme)
         var configuration = BridgeConfiguration(
             mqtt: try connection.mqttEndpoint(), redis: try connection.redisEndpoint(), routes: routes,
             instance: instance, clientID: clientID, journalDirectory: journal)
+        configuration.topicScheme = scheme
+        configuration.acknowledgements = !noAcks && (file?.acknowledgements ?? true)
+        if let seconds = file?.sessionTTLSeconds { configuration.sessionTTLSeconds = seconds }
         if let window = file?.dedupWindow { configuration.dedupWindow = window }
         if let seconds = dedupWindowSeconds { configuration.dedupWindow.seconds = seconds }
         if let size = dedupWindowSize { configuration.dedupWindow.size = size }
