@@ -236,8 +236,13 @@ final class SpoolCore: Sendable {
             if cut.validEnd == 0 && (log.index.segmentLive[cut.segment] ?? 0) == 0 {
                 unlink(path)
                 sizes[cut.segment] = nil
-            } else if truncate(path, off_t(cut.validEnd)) != 0 {
-                throw SpoolFiles.error("truncate", path)
+            } else {
+                // Synced, so that the cut tail cannot come back after a power cut and be counted again.
+                let descriptor = Glibc.open(path, O_WRONLY | O_CLOEXEC)
+                guard descriptor >= 0 else { throw SpoolFiles.error("open", path) }
+                defer { Glibc.close(descriptor) }
+                guard ftruncate(descriptor, off_t(cut.validEnd)) == 0 else { throw SpoolFiles.error("truncate", path) }
+                guard fdatasync(descriptor) == 0 else { throw SpoolFiles.error("fdatasync", path) }
             }
         }
         var store = SpoolStore(

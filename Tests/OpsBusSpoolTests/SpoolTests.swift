@@ -265,11 +265,12 @@ struct SpoolRecoveryTests {
 struct SpoolOverflowTests {
     static let small = 64 * 1024
 
-    @Test("coalescing keeps the newest record per key; normal records are not dropped")
-    func coalescing() async throws {
+    @Test("coalescing keeps the newest record per key; normal records are not dropped",
+          arguments: [SpoolDurability.never, .everyEvent])
+    func coalescing(durability: SpoolDurability) async throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
-        let spool = try Spool.open(configuration(directory, maxBytes: Self.small))
+        let spool = try Spool.open(configuration(directory, maxBytes: Self.small, durability: durability))
         defer { spool.close() }
         var seq: UInt64 = 0
         var outcome = SpoolAppendOutcome.appended
@@ -447,6 +448,55 @@ struct SpoolSpaceTests {
         #expect(reopened.pending().map { "\($0.sessionID)\($0.seq)" } == ["pinned1"])
         #expect(reopened.statistics.appended == 20_001)
         #expect(reopened.statistics.acknowledged == 20_000)
+    }
+
+    @Test("segments are deleted once acknowledgements pass all their records")
+    func deadSegmentsDeleted() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        let spool = try Spool.open(configuration(directory, maxBytes: 1 << 20, segmentBytes: 16 * 1024))
+        defer { spool.close() }
+        for seq in UInt64(1)...2000 { try await spool.append(event("s", seq, bytes: 120)) }
+        let before = spool.statistics
+        #expect(before.segments >= 20)
+        try spool.acknowledge(sessionID: "s", throughSeq: 1000)
+        let after = spool.statistics
+        #expect(after.segments <= before.segments / 2 + 2)
+        #expect(after.bytes < before.bytes * 6 / 10)
+        #expect(try directory.segments().count == after.segments)
+        // Deleted, not compacted: the remaining files are the original newer ones.
+        #expect(try directory.segments().first.map { !$0.hasSuffix("segment-0000000000000001.spool") } == true)
+        #expect(seqs(spool.pending()) == Array(1001...2000))
+        try spool.acknowledge(sessionID: "s", throughSeq: 2000)
+        #expect(spool.statistics.segments == 1)
+    }
+
+    @Test("a compaction interrupted before the old segments were deleted duplicates nothing")
+    func interruptedCompaction() async throws {
+        let directory = TemporaryDirectory()
+        defer { directory.remove() }
+        var live: [SpoolRecord] = []
+        do {
+            let spool = try Spool.open(configuration(directory))
+            for seq in UInt64(1)...10 { try await spool.append(event("s", seq)) }
+            try spool.acknowledge(sessionID: "s", throughSeq: 4)
+            live = spool.pending()
+            spool.close()
+        }
+        // What compaction writes (base checkpoint + copies), left next to the old segments, and a stray temp file.
+        var bytes = LogRecord.checkpoint(Checkpoint(
+            base: true, counters: SpoolCounters(appended: 10, acknowledged: 4), dropRanges: [:])).encoded()
+        for record in live { bytes += LogRecord.event(record, copy: true).encoded() }
+        let last = try #require(try directory.segments().last)
+        let number = try #require(UInt64(URL(fileURLWithPath: last).lastPathComponent.dropFirst(8).prefix(16)))
+        try Data(bytes).write(to: URL(fileURLWithPath: SpoolFiles.segmentPath(directory.path, number + 1)))
+        try Data([1, 2, 3]).write(to: URL(fileURLWithPath: directory.path + "/compact.tmp"))
+        let spool = try Spool.open(configuration(directory))
+        defer { spool.close() }
+        #expect(spool.pending() == live)
+        #expect(spool.statistics.appended == 10 && spool.statistics.acknowledged == 4)
+        #expect(!FileManager.default.fileExists(atPath: directory.path + "/compact.tmp"))
+        #expect(try directory.segments().count == 2)  // The compacted one and the new append segment.
     }
 
     @Test("concurrent appenders with .everyEvent: all durable, each session in seq order")
