@@ -115,7 +115,10 @@ final class AckPublisher: Sendable {
                     s.failures += 1
                     return s.failures
                 }
-                if failures == 1 || failures % 1000 == 0 {
+                if case .disconnectedByClient = error {
+                    // Stopping: the writer drains after the disconnect; those acks wait for the publisher's re-send.
+                    logger.debug("acknowledgement not published: the client is disconnected", metadata: ["topic": "\(ack.topic)"])
+                } else if failures == 1 || failures % 1000 == 0 {
                     logger.warning("cannot publish acknowledgements; keeping the newest per session",
                         metadata: ["error": "\(error)", "failures": "\(failures)"])
                 }

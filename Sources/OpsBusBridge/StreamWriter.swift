@@ -225,6 +225,8 @@ final class StreamWriter: @unchecked Sendable {
         if acksPublished > recordedAcks {
             pipeline.append(["HINCRBY", configuration.statsKey, "bridge_acks_published", String(acksPublished - recordedAcks)])
         }
+        // Session writes must run in journal order. A `SCRIPT FLUSH` between two slots makes every later
+        // script slot answer NOSCRIPT; `RedisPipeline` re-runs exactly those, in slot order, so the order holds.
         let allReplies = try pipeline.execute()
         recordedAcks = acksPublished
         for (stream, reply) in zip(trimOrder, allReplies.dropFirst(plans.count)) {
