@@ -13,8 +13,12 @@ struct HealthCommand: AsyncParsableCommand {
             rates, the last event's time and age, event types and outcomes seen, dead letters, jobs per status and \
             workers per status. The verdict is unhealthy when no event arrived for --idle-unhealthy seconds while \
             workers claim to be online, more than half the events are dead-lettered, or most actions fail; \
-            degraded for milder versions of these (e.g. dead-letter rate above --dead-letter-rate) and for stale \
-            workers. Rates are judged only over at least 20 events.
+            degraded for milder versions of these (e.g. dead-letter rate above --dead-letter-rate), for stale \
+            workers, and for gaps in publisher sessions (events that never arrived: a seq missing for longer than \
+            the processor's GAP_REPORT_AFTER_SECONDS; listed with owner, session, missing range and age). Rates \
+            are judged only over at least 20 events. Also shown: gap counters per publisher (opened, closed by a \
+            late delivery, expired, dropped by the publisher itself and declared with prev_seq), unreachable \
+            workers and link counters (last wills, reconnects, restarts, grace timeouts, stale wills).
             Exit status: 0 healthy, 1 degraded, 2 unhealthy or Redis unreachable (monitoring-plugin convention).
             Examples:
               opsbus health                         a readable summary
@@ -22,7 +26,7 @@ struct HealthCommand: AsyncParsableCommand {
               opsbus health --redis-url redis://:secret@cache:6379/2
             """)
 
-    @Flag(help: "Print one JSON document (verdict, reasons, events, actions, webhooks, dead_letters, jobs, workers).")
+    @Flag(help: "Print one JSON document (verdict, reasons, events, actions, webhooks, dead_letters, jobs, workers, links, sequence).")
     var json = false
 
     @Option(help: "Seconds of silence after which a worker that claims to be up counts as stale.")
@@ -137,6 +141,33 @@ struct HealthCommand: AsyncParsableCommand {
         }
         row("event types", counts(report.eventTypes))
         row("outcomes", counts(report.outcomes))
+        let links = HealthReport.linkCounterNames.compactMap { name in
+            report.linkCounters[name].flatMap { $0 > 0 ? "\(name.replacingOccurrences(of: "_", with: " ")) \($0)" : nil }
+        }
+        row("links", links.isEmpty ? "no link outages yet" : links.joined(separator: ", "))
+        func gapCounts(_ counters: [String: Int64]) -> String {
+            let shown = ["gaps_opened": "opened", "gaps_closed": "closed", "gaps_expired": "expired",
+                         "gaps_abandoned": "abandoned", "declared_drops": "declared drops"]
+            return ["gaps_opened", "gaps_closed", "gaps_expired", "gaps_abandoned", "declared_drops"].compactMap { name in
+                let value = counters[name] ?? 0
+                return value > 0 || name == "gaps_opened" ? "\(shown[name]!) \(value)" : nil
+            }.joined(separator: ", ")
+        }
+        let sessions = report.sequenceCounters["sessions"] ?? 0
+        row("gaps", sessions == 0 ? "no sequenced events yet"
+            : gapCounts(report.sequenceCounters) + " (\(sessions) publisher sessions)")
+        for gap in report.expiredGaps.prefix(20) {
+            lines.append(style.paint("  ! ", .yellow) + "\(gap.owner) session \(gap.sessionID): seq \(gap.range) missing "
+                + "(\(gap.count) events), open \(ProcessorHealth.describe(seconds: gap.ageSeconds))")
+        }
+        if report.expiredGaps.count > 20 { lines.append("  … \(report.expiredGaps.count - 20) more (--json lists them)") }
+        let troubled = report.publishers.filter {
+            ($0.counters["gaps_opened"] ?? 0) + ($0.counters["declared_drops"] ?? 0) > 0
+        }
+        for publisher in troubled.prefix(20) {
+            lines.append("  \(publisher.owner): " + gapCounts(publisher.counters)
+                + (publisher.openGaps > 0 ? ", \(publisher.openGaps) open now" : ""))
+        }
         return lines.joined(separator: "\n")
     }
 }

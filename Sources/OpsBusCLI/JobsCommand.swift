@@ -155,6 +155,7 @@ struct TextStyle {
         case "online": return .green
         case "busy": return .cyan
         case "offline": return .red
+        case "unreachable": return .yellow
         case "deregistered": return .dim
         default: return nil
         }

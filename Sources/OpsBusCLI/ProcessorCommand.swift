@@ -24,7 +24,8 @@ struct ProcessorCommand: AsyncParsableCommand {
             Environment (flags win): MQTT_URL, REDIS_URL, OPSBUS_TOPIC_PREFIX, EVENT_PROCESSING_BATCH_SIZE (outbox \
             batch, default 100), BUSINESS_LOGIC_TIMEOUT_MS (Redis command timeout, default 5000), \
             BUSINESS_LOGIC_AUTOMATION, MODEL_USAGE_TRACKING, USER_NOTIFICATIONS_ENABLED (true/false, default true), \
-            NOTIFICATION_SERVICE_URL, NOTIFICATION_SECRET or NOTIFICATION_SECRET_FILE.
+            NOTIFICATION_SERVICE_URL, NOTIFICATION_SECRET or NOTIFICATION_SECRET_FILE, WORKER_LINK_GRACE_SECONDS \
+            (default 30), GAP_REPORT_AFTER_SECONDS (default 60).
             """)
 
     @Option(help: "Shared-subscription group; instances in one group split the events (default: none).")
@@ -44,6 +45,16 @@ struct ProcessorCommand: AsyncParsableCommand {
 
     @Option(help: "Seconds without any event after which a worker that sent heartbeats is declared offline.")
     var heartbeatTimeout: Double = 90
+
+    @Option(help: ArgumentHelp(
+        "Seconds a worker may stay unreachable (last will received) before its in-flight jobs fail over; it may still finish them and flush the results (default $WORKER_LINK_GRACE_SECONDS or 30).",
+        valueName: "seconds"))
+    var workerLinkGrace: Double?
+
+    @Option(help: ArgumentHelp(
+        "Seconds a gap in a publisher session's seq may stay open (reordering) before it is reported as lost events (default $GAP_REPORT_AFTER_SECONDS or 60).",
+        valueName: "seconds"))
+    var gapReportAfter: Double?
 
     @Option(help: "Automated actions on or off (default $BUSINESS_LOGIC_AUTOMATION or true).")
     var automation: Bool?
@@ -77,6 +88,15 @@ struct ProcessorCommand: AsyncParsableCommand {
         configuration.redisCommandTimeout =
             Double(try environment.int("BUSINESS_LOGIC_TIMEOUT_MS", default: 5_000, range: 10...600_000)) / 1000
         configuration.heartbeatTimeout = heartbeatTimeout
+        configuration.workerLinkGrace = try workerLinkGrace
+            ?? Double(environment.int("WORKER_LINK_GRACE_SECONDS", default: 30, range: 0...86_400))
+        configuration.gapReportAfter = try gapReportAfter
+            ?? Double(environment.int("GAP_REPORT_AFTER_SECONDS", default: 60, range: 1...86_400))
+        for (name, value) in [("--worker-link-grace", configuration.workerLinkGrace),
+                              ("--gap-report-after", configuration.gapReportAfter)]
+        where !(value.isFinite && value >= 0 && value <= 86_400) {
+            throw ValidationError("\(name) must be a number of seconds from 0 to 86400, not \(value)")
+        }
         if source.hasPrefix("stream:"), source.count > "stream:".count {
             configuration.source = .stream(key: String(source.dropFirst("stream:".count)), group: streamGroup)
         } else if source != "mqtt" {

@@ -11,7 +11,10 @@ struct WorkersCommand: AsyncParsableCommand {
         discussion: """
             Reads the `workers` sorted set and each worker:{<id>} hash as the processor writes them; most recently \
             seen first. A worker that claims to be up (online, busy, idle, degraded) but sent nothing for longer \
-            than --stale-after seconds is marked STALE: it probably died without its last will reaching the broker.
+            than --stale-after seconds is marked STALE: it probably died without its last will reaching the broker. \
+            A worker whose last will arrived is unreachable (link down, LINK DOWN column: since when) until it \
+            reconnects or the processor's link grace is over; BD is its birth/death counter (bd_seq), LAST OUTAGE \
+            how its newest outage ended: link_down (the same process reconnected) or worker_restarted.
             Examples:
               opsbus workers                     the registry as a table
               opsbus workers --stale-after 300   tolerate five minutes of silence
@@ -57,15 +60,20 @@ struct WorkersCommand: AsyncParsableCommand {
             return
         }
         let style = TextStyle(enabled: !noColour && TextStyle.stdoutIsTerminal)
-        var table = TextTable(["WORKER", "STATUS", "CURRENT JOB", "MACHINE", "LAST SEEN", "AGO", "REASON"])
+        var table = TextTable(["WORKER", "STATUS", "CURRENT JOB", "MACHINE", "LAST SEEN", "AGO", "BD", "LINK DOWN",
+                               "LAST OUTAGE", "REASON"])
         for worker in workers {
             let status = worker.isStale ? "\(worker.status) STALE" : worker.status
+            let linkDown = worker.status == "unreachable"
+                ? worker.linkDownMs.map { "\(ProcessorHealth.describe(seconds: Double(now.millisecondsSinceEpoch - $0) / 1000)) ago" }
+                : nil
             table.add([
                 .plain(worker.id), .init(status, style.tint(forWorkerStatus: worker.status, stale: worker.isStale)),
                 .plain(worker.currentJob ?? "-"), .plain(worker.machineID ?? "-"),
                 .plain(worker.lastSeenMs.map { EventTimestamp(millisecondsSinceEpoch: $0).iso8601 } ?? "-"),
                 .plain(worker.ageSeconds.map { ProcessorHealth.describe(seconds: $0) } ?? "-"),
-                .plain(worker.reason ?? ""),
+                .plain(worker.bdSeq.map { String($0) } ?? "-"), .plain(linkDown ?? "-"),
+                .plain(worker.lastOutageText ?? "-"), .plain(worker.reason ?? ""),
             ])
         }
         output(table.render(style: style))

@@ -22,10 +22,14 @@ final class EventApplier {
         self.onApplied = onApplied
     }
 
-    /// Connects at start so a wrong `REDIS_URL` fails loudly instead of on the first event.
+    /// Connects at start so a wrong `REDIS_URL` fails loudly instead of on the first event, and notes when gap
+    /// tracking began (sessions that started earlier may have had events applied before anyone counted them).
     func connect() throws(ProcessorError) {
         do {
-            redis = try configuration.connectRedis(logger: logger)
+            let connection = try configuration.connectRedis(logger: logger)
+            redis = connection
+            _ = try connection.command(["HSETNX", keys.stats, "seq_tracking_since_ms",
+                                        String(EventTimestamp.now().millisecondsSinceEpoch)])
         } catch {
             throw .redis(error)
         }
@@ -38,7 +42,8 @@ final class EventApplier {
             plan = RedisPlan(envelope: envelope, subject: subject, topic: topic, payload: payload,
                              configuration: configuration)
         case .failure(let reason):
-            plan = RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys)
+            plan = RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
+                             sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) })
         }
         return execute(plan)
     }
@@ -59,13 +64,13 @@ final class EventApplier {
             do {
                 _ = try Identifier(validating: assigned, field: "worker_assigned")
             } catch {
-                return .failure(RejectionReason("invalid event: \(error)"))
+                return .failure(RejectionReason("invalid event: \(error)", envelope: envelope))
             }
         }
         do {
             return .success((envelope, try configuration.scheme.check(topic: topic, matches: envelope).subject))
         } catch {
-            return .failure(RejectionReason("\(error)"))
+            return .failure(RejectionReason("\(error)", envelope: envelope))
         }
     }
 
@@ -76,7 +81,12 @@ final class EventApplier {
         while true {
             do throws(RedisError) {
                 let connection = try connection()
-                let result = try plan.apply(on: connection)
+                let applied = try plan.apply(on: connection)
+                let result = applied.result
+                if let failure = applied.sequenceError {
+                    logger.warning("gap tracking failed for this event (the event itself is applied)",
+                                   metadata: ["error": "\(failure)", "topic": "\(plan.topic)"])
+                }
                 onApplied(result)
                 do {
                     try plan.recordStats(result, on: connection)
@@ -93,7 +103,7 @@ final class EventApplier {
                     let reason = "Redis rejected \(command): \(message)"
                     if plan.isDeadLetter { return .deadLettered(reason: plan.reason ?? reason) }
                     return execute(RedisPlan(deadLetter: RejectionReason(reason), topic: plan.topic,
-                                             payload: plan.payload, keys: keys))
+                                             payload: plan.payload, keys: keys, sequence: plan.sequence))
                 default:
                     failures += 1
                     redis?.close()
@@ -125,5 +135,10 @@ final class EventApplier {
 
 struct RejectionReason: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    /// The refused event when it could be decoded (it still counts for gap detection).
+    let envelope: EventEnvelope?
+    init(_ description: String, envelope: EventEnvelope? = nil) {
+        self.description = description
+        self.envelope = envelope
+    }
 }

@@ -21,6 +21,10 @@ enum JobActionContext {
             if let value = fields[field], value != .null { context[name ?? field] = value }
         }
         if let serviceType = envelope.serviceType { context["service_type"] = .string(serviceType) }
+        // The worker's own events say which of its processes runs the job (see `JobEventScript`, `worker_session`).
+        if envelope.workerID != nil && envelope.source != EventFactoryLite.source {
+            context["session_id"] = .string(envelope.sessionID)
+        }
         switch envelope.eventType {
         case .jobStarted:
             if let allocation = fields["resource_allocation"], case .object = allocation {

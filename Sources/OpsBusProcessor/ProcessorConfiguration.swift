@@ -34,6 +34,16 @@ public struct ProcessorConfiguration: Sendable {
     public var retryPolicy: RetryPolicy = RetryPolicy()
     /// A worker that sends heartbeats and then goes silent this long is marked offline (and its jobs fail over).
     public var heartbeatTimeout: Double = 90
+    /// `WORKER_LINK_GRACE_SECONDS`: a worker whose last will arrived is `unreachable` (its link dropped; it may
+    /// still finish its job and flush the completion from its spool). Its in-flight jobs fail over only when it
+    /// stays unreachable this long, or when it restarted as a new process and nothing more came for them.
+    public var workerLinkGrace: Double = 30
+    /// `GAP_REPORT_AFTER_SECONDS`: a gap in a publisher session's `seq` still open after this long is reported
+    /// (warning log, `gaps_expired`, listed by `opsbus health`). Shorter gaps are reordering, not loss.
+    public var gapReportAfter: Double = 60
+    /// Open gaps kept per publisher session; beyond it the oldest is given up (`gaps_abandoned`), so a session
+    /// that loses every other event cannot grow its state without bound.
+    public var maxOpenGapsPerSession: Int = 256
     /// Queue depth / capacity at or above which a `trigger.scaling` (scale up) is published once, and below
     /// `queueLowWatermark` again a scale-down.
     public var queueHighWatermark: Double = 0.8

@@ -50,4 +50,25 @@ public struct RedisKeys: Sendable {
     public var workersToInvestigate: String { "\(prefix)workers:investigate" }
     /// Stream of rejected messages with topic, payload (truncated), reason and time.
     public var deadLetters: String { "\(prefix)opsbus:deadletter" }
+
+    // MARK: Links and publisher sessions
+
+    /// Sorted set of workers whose in-flight jobs wait for the link grace period, scored by the time it started
+    /// (ms): workers whose last will arrived (`unreachable`), and workers that restarted with jobs of the old
+    /// process still in flight. The sweep fails those jobs over once the grace is over.
+    public var workersLinkDown: String { "\(prefix)workers:link_down" }
+    /// Hash of one publisher session's sequence state: `owner`, `max` (highest `seq` seen), `first_seq`,
+    /// `created_ms`, `updated_ms`. Keys of one session share the hash tag `{<session_id>}`.
+    public func sequence(_ sessionID: String) -> String { "\(prefix)seq:{\(sessionID)}" }
+    /// Sorted set of a session's open gaps, `<first>|<last>|<opened ms>|<reported 0/1>` scored by `first`.
+    public func sequenceGaps(_ sessionID: String) -> String { "\(prefix)seq:{\(sessionID)}:gaps" }
+    /// Sorted set of open gaps not yet reported, `<session_id>|<first>` scored by the time they opened (ms).
+    public var gapsPending: String { "\(prefix)opsbus:gaps:pending" }
+    /// Sorted set of gaps reported as expired and still open, `<session_id>|<first>` scored by opening time (ms).
+    public var gapsReported: String { "\(prefix)opsbus:gaps:reported" }
+    /// Hash of one publisher owner's sequence counters (`gaps_opened`, `gaps_closed`, `gaps_expired`,
+    /// `gaps_abandoned`, `declared_drops`, `sessions`, `last_session`, `last_seq`, `updated_ms`).
+    public func publisher(_ owner: String) -> String { "\(prefix)publisher:{\(owner)}" }
+    /// Sorted set of publisher owners, scored by their newest sequenced event (ms).
+    public var publishers: String { "\(prefix)publishers" }
 }

@@ -13,6 +13,9 @@ struct RedisPlan {
     let topic: String
     let payload: [UInt8]
     let action: Action
+    /// Gap detection for a sequenced event (`seq` ≥ 1): `SequenceScript`'s keys and arguments, run in the same
+    /// round trip as the action.
+    let sequence: (keys: [String], arguments: [String])?
     let eventType: String
     let keys: RedisKeys
     /// The dead-letter reason, for dead-letter plans.
@@ -20,12 +23,16 @@ struct RedisPlan {
 
     var isDeadLetter: Bool { reason != nil }
 
-    init(deadLetter reason: RejectionReason, topic: String, payload: [UInt8], keys: RedisKeys) {
+    /// `sequence`: a refused message that still was a sequenced event (e.g. on a topic that does not match it) did
+    /// arrive, so it counts for gap detection like an applied one, not as lost.
+    init(deadLetter reason: RejectionReason, topic: String, payload: [UInt8], keys: RedisKeys,
+         sequence: (keys: [String], arguments: [String])? = nil) {
         self.topic = topic
         self.payload = payload
         self.reason = reason.description
         self.eventType = "invalid"
         self.keys = keys
+        self.sequence = sequence
         let shown = payload.count > 4096 ? Array(payload.prefix(4096)) : payload
         let text = String(decoding: shown, as: UTF8.self)
         self.action = .deadLetter(entry: [
@@ -47,6 +54,7 @@ struct RedisPlan {
         self.keys = keys
         let ttl = String(configuration.dedupWindowSeconds)
         let fields = envelope.fields
+        sequence = Self.sequenceTracking(envelope, configuration: configuration)
 
         if let lifecycle = Self.lifecycleEvent(envelope.eventType), let jobID = envelope.jobID?.rawValue {
             let worker = envelope.workerID?.rawValue ?? fields["worker_assigned"]?.stringValue ?? ""
@@ -65,34 +73,90 @@ struct RedisPlan {
             return
         }
 
-        let (kind, state, counters) = Self.entityUpdate(envelope)
-        let id = subject.rawValue
         let isLastWill = envelope.eventType == .workerHealth && envelope.fields["last_will"]?.boolValue == true
+        let (kind, state, counters) = Self.entityUpdate(envelope, isLastWill: isLastWill)
+        let id = subject.rawValue
         var arguments = [envelope.eventID, String(envelope.timestamp.millisecondsSinceEpoch), ttl, id,
                          String(state.count / 2), isLastWill ? envelope.sessionID : "",
-                         Self.entityContext(kind: kind, envelope, configuration: configuration).serialized()]
+                         Self.entityContext(kind: kind, envelope, isLastWill: isLastWill,
+                                            configuration: configuration).serialized()]
         arguments += state + counters
         action = .entityEvent(keys: [keys.entity(kind, id), keys.entitySeen(kind, id), keys.entityIndex(kind)],
                               arguments: arguments)
     }
 
-    /// Runs the script (or the dead-letter write): the part that must succeed before the message is acknowledged.
-    func apply(on redis: RedisConnection) throws(RedisError) -> ApplyResult {
-        let result: ApplyResult
+    /// What `apply(on:)` did: the event's outcome, and a gap-tracking failure that must not hold the event up.
+    struct Applied {
+        var result: ApplyResult
+        /// The sequence script's error reply when it failed for good (the event itself is applied).
+        var sequenceError: String?
+    }
+
+    /// Runs the script (or the dead-letter write), with gap tracking in the same round trip: the part that must
+    /// succeed before the message is acknowledged. A transient error in either call throws, and the whole plan is
+    /// retried (both calls are idempotent); a permanent error of gap tracking alone is returned, not thrown.
+    func apply(on redis: RedisConnection) throws(RedisError) -> Applied {
+        let script: RedisScript
+        let scriptKeys: [String], scriptArguments: [String]
         switch action {
         case let .jobEvent(keys, arguments):
-            let reply = try redis.evaluate(JobEventScript.script, keys: keys, arguments: arguments)
-            let outcome = reply.array?.first?.string ?? "applied"
-            result = outcome == "duplicate" ? .duplicate : .applied(outcome: outcome)
+            (script, scriptKeys, scriptArguments) = (JobEventScript.script, keys, arguments)
         case let .entityEvent(keys, arguments):
-            let reply = try redis.evaluate(EntityEventScript.script, keys: keys, arguments: arguments)
-            let outcome = reply.string ?? "applied"
-            result = outcome == "duplicate" ? .duplicate : .applied(outcome: outcome)
+            (script, scriptKeys, scriptArguments) = (EntityEventScript.script, keys, arguments)
         case let .deadLetter(entry):
-            _ = try redis.command(entry)
-            result = .deadLettered(reason: reason ?? "rejected")
+            guard let sequence else {
+                _ = try redis.command(entry)
+                return Applied(result: .deadLettered(reason: reason ?? "rejected"))
+            }
+            var pipeline = redis.makePipeline()
+            pipeline.append(entry)
+            pipeline.appendEvaluate(SequenceScript.script, keys: sequence.keys, arguments: sequence.arguments)
+            let replies = try pipeline.execute()
+            if let message = replies[0].errorMessage { throw .server(message: message, command: "XADD") }
+            return Applied(result: .deadLettered(reason: reason ?? "rejected"),
+                           sequenceError: try Self.sequenceFailure(replies[1]))
         }
-        return result
+        var pipeline = redis.makePipeline()
+        pipeline.appendEvaluate(script, keys: scriptKeys, arguments: scriptArguments)
+        if let sequence { pipeline.appendEvaluate(SequenceScript.script, keys: sequence.keys, arguments: sequence.arguments) }
+        let replies = try pipeline.execute()
+        if let message = replies[0].errorMessage { throw .server(message: message, command: "EVALSHA \(script.name)") }
+        let sequenceError = sequence == nil ? nil : try Self.sequenceFailure(replies[1])
+        let outcome: String
+        if case .jobEvent = action {
+            outcome = replies[0].array?.first?.string ?? "applied"
+        } else {
+            outcome = replies[0].string ?? "applied"
+        }
+        return Applied(result: outcome == "duplicate" ? .duplicate : .applied(outcome: outcome),
+                       sequenceError: sequenceError)
+    }
+
+    /// The sequence script's error, thrown when it is transient (the plan is retried), returned otherwise.
+    private static func sequenceFailure(_ reply: RedisReply) throws(RedisError) -> String? {
+        guard let message = reply.errorMessage else { return nil }
+        let error = RedisError.server(message: message, command: "EVALSHA \(SequenceScript.script.name)")
+        if EventApplier.transientServerErrors.contains(error.serverErrorCode ?? "") { throw error }
+        return "\(error)"
+    }
+
+    /// The sequence script's call for a sequenced event, nil for `seq` 0 (best effort, outside any sequence).
+    static func sequenceTracking(_ envelope: EventEnvelope, configuration: ProcessorConfiguration)
+        -> (keys: [String], arguments: [String])?
+    {
+        guard envelope.seq >= 1 else { return nil }
+        let keys = configuration.keys
+        let session = envelope.sessionID
+        let owner = envelope.ackOwner.rawValue
+        return (
+            keys: [keys.sequence(session), keys.sequenceGaps(session), keys.stats, keys.publisher(owner),
+                   keys.publishers, keys.gapsPending, keys.gapsReported],
+            arguments: [
+                session, owner, String(envelope.seq), envelope.prevSeq.map { String($0) } ?? "",
+                String(EventTimestamp.now().millisecondsSinceEpoch),
+                EventID.timestamp(of: session).map { String($0.millisecondsSinceEpoch) } ?? "",
+                String(configuration.dedupWindowSeconds), String(configuration.maxOpenGapsPerSession),
+            ])
     }
 
     /// Counts the outcome in the stats hashes. Best effort: the state is already applied, so a failure here is
@@ -178,11 +242,12 @@ struct RedisPlan {
     }
 
     /// The facts the entity script's actions need (see `EntityEventScript`).
-    private static func entityContext(kind: String, _ envelope: EventEnvelope, configuration: ProcessorConfiguration)
-        -> JSONValue
+    private static func entityContext(kind: String, _ envelope: EventEnvelope, isLastWill: Bool,
+                                      configuration: ProcessorConfiguration) -> JSONValue
     {
         let fields = envelope.fields
-        let status = envelope.eventType == .workerDeregistered ? "deregistered" : fields["status"]?.stringValue
+        let status = envelope.eventType == .workerDeregistered ? "deregistered"
+            : isLastWill ? "unreachable" : fields["status"]?.stringValue
         var context: JSONObject = [
             "prefix": .string(configuration.keys.prefix), "kind": .string(kind),
             "automation": .bool(configuration.automation), "model_tracking": .bool(configuration.modelUsageTracking),
@@ -192,6 +257,16 @@ struct RedisPlan {
         case "worker":
             context["failover"] = .bool(status == "offline" || status == "deregistered")
             context["reason"] = .string(fields["reason"]?.stringValue ?? (status ?? "offline"))
+            if envelope.eventType == .workerHealth {
+                let now = EventTimestamp.now()
+                context["health"] = true
+                context["will"] = .bool(isLastWill)
+                context["birth"] = .bool(!isLastWill && status == "online")
+                context["session"] = .string(envelope.sessionID)
+                context["now_ms"] = .int(now.millisecondsSinceEpoch)
+                context["now_iso"] = .string(now.iso8601)
+                if let bdSeq = fields["bd_seq"]?.intValue, bdSeq >= 0 { context["bd_seq"] = .int(bdSeq) }
+            }
         case "queue":
             if let depth = fields["depth"]?.doubleValue { context["depth"] = .double(depth) }
             if let capacity = fields["capacity"]?.doubleValue { context["capacity"] = .double(capacity) }
@@ -208,13 +283,17 @@ struct RedisPlan {
     }
 
     /// Which entity hash a non-job event updates, with its state fields and counters.
-    private static func entityUpdate(_ envelope: EventEnvelope) -> (kind: String, state: [String], counters: [String]) {
+    private static func entityUpdate(_ envelope: EventEnvelope, isLastWill: Bool)
+        -> (kind: String, state: [String], counters: [String])
+    {
         let ts = envelope.timestamp.iso8601
         var state: [String] = []
         func set(_ name: String, _ value: String?) {
             if let value { state += [name, value] }
         }
-        for (name, value) in envelope.fields { set(name, redisString(value)) }
+        // `bd_seq` is kept by the script (the maximum, not the last written); a will's status is `unreachable`.
+        let managed: Set<String> = envelope.eventType == .workerHealth ? (isLastWill ? ["bd_seq", "status"] : ["bd_seq"]) : []
+        for (name, value) in envelope.fields where !managed.contains(name) { set(name, redisString(value)) }
         set("machine_id", envelope.machineID?.rawValue)
         set("last_event_id", envelope.eventID)
         set("last_event_type", envelope.eventType.rawValue)
@@ -222,8 +301,12 @@ struct RedisPlan {
         case .workerHealth:
             set("health_at", ts)
             // A health report without a job means the worker runs none now (an empty value, as absent keys
-            // cannot be written last-writer-wins).
-            if envelope.fields["current_job"] == nil { set("current_job", "") }
+            // cannot be written last-writer-wins). A will says nothing about the job: the worker may finish it.
+            if isLastWill {
+                set("status", "unreachable")
+            } else if envelope.fields["current_job"] == nil {
+                set("current_job", "")
+            }
             set("session_id", envelope.sessionID)
             return ("worker", state, [])
         case .workerHeartbeat:

@@ -65,9 +65,9 @@ struct ProcessorActionsTests {
         await processor.stop()
     }
 
-    @Test("a worker's last will fails its in-flight job over as worker_lost, which is then retried")
+    @Test("a worker whose last will arrived and that stays unreachable past the grace has its job failed over as worker_lost, which is then retried")
     func lastWillFailsOver() async throws {
-        let processor = try await RunningProcessor.start(servers)
+        let processor = try await RunningProcessor.start(servers) { $0.workerLinkGrace = 1 }
         let redis = try servers.redisConnection()
         let simulator = try ChildProcess(try opsbusExecutable(), [
             "simulate", "--workers", "1", "--jobs", "3", "--worker-prefix", "dying", "--die-during-job", "2",
@@ -79,6 +79,10 @@ struct ProcessorActionsTests {
         let state = try self.job("fo-1-2", redis)
         #expect(state["error_type"] == "worker_lost", "\(state)")
         #expect(try redis.command(["HGET", keys.worker("dying-1"), "status"]).string == "offline")
+        let reason = try redis.command(["HGET", keys.worker("dying-1"), "reason"]).string ?? ""
+        #expect(reason.contains("after its link dropped"), "declared offline by the link grace, not otherwise: \(reason)")
+        #expect(try redis.command(["HGET", keys.stats, "link_downs"]).int == 1)
+        #expect(try redis.command(["HGET", keys.stats, "link_timeouts"]).int == 1)
         #expect(try redis.command(["SCARD", keys.workerInflight("dying-1")]).int == 0)
         #expect(try self.job("fo-1-1", redis)["status"] == "completed", "finished jobs are not failed over")
         await processor.stop()

@@ -173,7 +173,7 @@ struct ProcessorIntegrationTests {
         await processor.stop()
     }
 
-    @Test("a last will marks its own session offline, but never a newer live session")
+    @Test("a last will marks its own session unreachable, but never a newer live session")
     func lastWillRespectsSessions() async throws {
         let processor = try await RunningProcessor.start(servers)
         let redis = try servers.redisConnection()
@@ -194,16 +194,18 @@ struct ProcessorIntegrationTests {
         func status() throws -> String? { try redis.command(["HGET", keys.worker("gpu-will"), "status"]).string }
 
         try await send(oldBusy)
-        try await send(oldWill)  // the old session died: its own will applies despite its older timestamp
-        #expect(try await waitUntil { try status() == "offline" })
+        try await send(oldWill)  // the old session's link died: its own will applies despite its older timestamp
+        #expect(try await waitUntil { try status() == "unreachable" })
         try await send(newOnline)
         #expect(try await waitUntil { try status() == "online" })
+        #expect(try redis.command(["HGET", keys.worker("gpu-will"), "last_outage"]).string == "worker_restarted")
         try await send(oldWill)  // redelivered late: a duplicate, and from an older session anyway
         var stale = oldWill
         stale.envelope.eventID = EventID.make()  // the same old will re-published under a new id
         try await send(stale)
         #expect(try await waitUntil { try redis.command(["HGET", keys.stats, "events_received"]).int == 5 })
-        #expect(try status() == "online", "an old session's will must not mark the new session offline")
+        #expect(try status() == "online", "an old session's will must not mark the new session unreachable")
+        #expect(try redis.command(["HGET", keys.stats, "stale_wills"]).int == 1, "the re-published old will")
         await raw.disconnect()
         await processor.stop()
     }

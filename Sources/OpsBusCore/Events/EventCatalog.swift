@@ -145,6 +145,10 @@ public enum EventCatalog {
             FieldSpec("session_counter", .int, doc: "The publisher's session number (grows with every connection, like Sparkplug's bdSeq)."),
             FieldSpec("reason", .string, doc: "Why the status changed."),
             FieldSpec("last_will", .bool, doc: "True on the `offline` message the broker publishes as the connection's last will."),
+            FieldSpec("bd_seq", .int, doc: "Birth/death counter of the connection (Sparkplug's bdSeq): persisted by the publisher, one more on every connect; the birth (`online`) and the last will of one connection carry the same value.",
+                      range: 0...9_007_199_254_740_991),
+            FieldSpec("spool_depth", .int, doc: "Events still waiting in the publisher's spool (on the birth).",
+                      range: 0...9_007_199_254_740_991),
         ])
         add(.workerHeartbeat, "Periodic liveness signal; each supersedes the previous one.", [
             FieldSpec("status", .string, doc: "One of online, busy, idle, degraded, offline.",

@@ -3,7 +3,6 @@ import Logging
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis
-import Synchronization
 
 /// Sends what the Lua scripts put in the outbox stream (`opsbus:outbox`): trigger and failover events to MQTT,
 /// notifications to the webhook queues.
@@ -136,10 +135,14 @@ struct NotificationSink: Sendable {
 }
 
 /// Builds the envelopes of processor-emitted events from outbox entries.
+///
+/// They go out unsequenced (`seq` 0): their ids are derived from their cause, so a repeat is a duplicate anyway,
+/// and a publish that fails and is retried later must not leave a number behind that receivers would see as a gap.
 final class EventFactoryLite: Sendable {
+    /// `source` of every event the processor emits.
+    static let source = "opsbus-processor"
     let scheme: TopicScheme
     let sessionID = EventID.make()
-    private let sequence = Mutex<UInt64>(0)
 
     init(scheme: TopicScheme) { self.scheme = scheme }
 
@@ -162,16 +165,12 @@ final class EventFactoryLite: Sendable {
         guard case .object(let body) = try JSONValue.parse(fields["fields"] ?? "{}") else {
             throw InvalidEntry(description: "fields is not a JSON object")
         }
-        var envelope = EventEnvelope(
-            eventID: eventID, eventType: eventType, timestamp: .now(), source: "opsbus-processor",
+        let envelope = EventEnvelope(
+            eventID: eventID, eventType: eventType, timestamp: .now(), source: Self.source,
             jobID: try fields["job_id"].map { try Identifier(validating: $0, field: "job_id") },
             workerID: try fields["worker_id"].map { try Identifier(validating: $0, field: "worker_id") },
             sessionID: sessionID, seq: 0, attempt: fields["attempt"].flatMap { Int($0) }, fields: body)
         try envelope.validate()
-        envelope.seq = sequence.withLock { value in
-            value += 1
-            return value
-        }
         let policy = QoSPolicy.default.policy(for: eventType)
         return Prepared(topic: try scheme.topic(for: envelope), payload: envelope.encoded(), retain: policy.retain)
     }

@@ -130,6 +130,24 @@ public struct HealthReport: Sendable {
     /// Workers claiming to be up (`WorkerRegistry.liveStatuses`), and how many of them are stale.
     public var liveWorkers: Int = 0
     public var staleWorkers: Int = 0
+    /// Workers whose last will arrived and whose link grace is not over (`unreachable`).
+    public var unreachableWorkers: Int { workersByStatus["unreachable"] ?? 0 }
+
+    /// Gap detection over publisher sessions (all time, `HealthReport.sequenceCounterNames`): `gaps_opened`,
+    /// `gaps_closed`, `gaps_expired`, `gaps_abandoned`, `declared_drops`, `sessions`.
+    public var sequenceCounters: [String: Int64] = [:]
+    /// Worker link events (all time, `HealthReport.linkCounterNames`): `link_downs`, `link_restores`,
+    /// `worker_restarts`, `link_timeouts`, `stale_wills`.
+    public var linkCounters: [String: Int64] = [:]
+    /// Gaps reported as expired and still open, newest first.
+    public var expiredGaps: [SequenceGap] = []
+    /// Per publisher owner (worker, else machine), most recently active first.
+    public var publishers: [PublisherSequenceCounts] = []
+
+    public static let sequenceCounterNames = ["gaps_opened", "gaps_closed", "gaps_expired", "gaps_abandoned",
+                                              "declared_drops", "sessions"]
+    public static let linkCounterNames = ["link_downs", "link_restores", "worker_restarts", "link_timeouts",
+                                          "stale_wills"]
 
     public init(generatedAt: EventTimestamp, thresholds: HealthThresholds = HealthThresholds()) {
         self.generatedAt = generatedAt
@@ -199,6 +217,79 @@ public struct HealthReport: Sendable {
             ]),
             "jobs": .object(JSONObject(pairs: jobsByStatus.map { ($0.status, JSONValue.int($0.count)) })),
             "workers": .object(workers),
+            "links": .object(JSONObject(pairs: Self.linkCounterNames.map { ($0, JSONValue.int(linkCounters[$0] ?? 0)) })),
+            "sequence": .object(JSONObject(
+                pairs: Self.sequenceCounterNames.map { ($0, JSONValue.int(sequenceCounters[$0] ?? 0)) } + [
+                    ("expired_gaps", .array(expiredGaps.map { $0.json() })),
+                    ("publishers", .array(publishers.map { $0.json() })),
+                ])),
         ])
+    }
+}
+
+/// A gap in a publisher session's `seq` that stayed open past the report delay: events that never arrived.
+public struct SequenceGap: Sendable, Hashable {
+    /// The publisher (worker id, else machine id, else `_`).
+    public var owner: String
+    public var sessionID: String
+    /// The missing numbers, `first` … `last`.
+    public var first: UInt64
+    public var last: UInt64
+    /// When the gap opened (a later number arrived).
+    public var openedAt: EventTimestamp
+    /// Seconds from `openedAt` to the report's time.
+    public var ageSeconds: Double
+
+    public init(owner: String, sessionID: String, first: UInt64, last: UInt64, openedAt: EventTimestamp,
+                ageSeconds: Double) {
+        self.owner = owner
+        self.sessionID = sessionID
+        self.first = first
+        self.last = last
+        self.openedAt = openedAt
+        self.ageSeconds = ageSeconds
+    }
+
+    /// How many events are missing.
+    public var count: UInt64 { last >= first ? last - first + 1 : 0 }
+    /// `7` or `7…9`.
+    public var range: String { first == last ? "\(first)" : "\(first)…\(last)" }
+
+    public func json() -> JSONValue {
+        .object([
+            "owner": .string(owner), "session_id": .string(sessionID), "first_seq": .int(Int64(clamping: first)),
+            "last_seq": .int(Int64(clamping: last)), "missing": .int(Int64(clamping: count)),
+            "opened_at": .string(openedAt.iso8601), "age_seconds": .double((ageSeconds * 10).rounded() / 10),
+        ])
+    }
+}
+
+/// Gap-detection counters of one publisher owner (all its sessions).
+public struct PublisherSequenceCounts: Sendable, Hashable {
+    public var owner: String
+    /// `gaps_opened`, `gaps_closed`, `gaps_expired`, `gaps_abandoned`, `declared_drops`, `sessions`.
+    public var counters: [String: Int64]
+    public var lastSessionID: String?
+    public var lastSeq: Int64?
+
+    public init(owner: String, counters: [String: Int64], lastSessionID: String? = nil, lastSeq: Int64? = nil) {
+        self.owner = owner
+        self.counters = counters
+        self.lastSessionID = lastSessionID
+        self.lastSeq = lastSeq
+    }
+
+    /// Gaps opened and not (yet) closed or given up: reordering in flight, or loss.
+    public var openGaps: Int64 {
+        max(0, (counters["gaps_opened"] ?? 0) - (counters["gaps_closed"] ?? 0) - (counters["gaps_abandoned"] ?? 0))
+    }
+
+    public func json() -> JSONValue {
+        var object: JSONObject = ["owner": .string(owner)]
+        for name in HealthReport.sequenceCounterNames { object[name] = .int(counters[name] ?? 0) }
+        object["open_gaps"] = .int(openGaps)
+        object["last_session_id"] = lastSessionID.map(JSONValue.string) ?? .null
+        object["last_seq"] = lastSeq.map(JSONValue.int) ?? .null
+        return .object(object)
     }
 }

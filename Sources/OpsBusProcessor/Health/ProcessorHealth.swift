@@ -45,7 +45,57 @@ public enum ProcessorHealth {
         for worker in workers { report.workersByStatus[worker.status, default: 0] += 1 }
         report.liveWorkers = workers.filter { WorkerRegistry.liveStatuses.contains($0.status) }.count
         report.staleWorkers = workers.filter(\.isStale).count
+        try readSequence(redis: redis, keys: keys, now: now, into: &report)
         return report
+    }
+
+    /// Expired gaps listed (the newest) and publisher owners read (the most recently active).
+    public static let listedGaps = 100
+    public static let listedPublishers = 200
+
+    /// Reads the expired gaps still open and the per-owner gap counters (two pipelined round trips).
+    static func readSequence(redis: RedisConnection, keys: RedisKeys, now: EventTimestamp, into report: inout HealthReport)
+        throws(InspectionError)
+    {
+        let indexes = try chunkedPipeline(redis, [
+            ["ZREVRANGE", keys.gapsReported, "0", String(listedGaps - 1), "WITHSCORES"],
+            ["ZREVRANGE", keys.publishers, "0", String(listedPublishers - 1)],
+        ], reading: "sequence gap indexes")
+        var gapMembers: [(session: String, first: String, opened: Int64)] = []
+        let flat = indexes[0].array ?? []
+        for index in stride(from: 0, to: flat.count - 1, by: 2) {
+            guard let member = flat[index].string, let separator = member.lastIndex(of: "|"),
+                  let opened = flat[index + 1].string.flatMap({ Double($0) }) else { continue }
+            gapMembers.append((String(member[..<separator]), String(member[member.index(after: separator)...]),
+                               Int64(opened)))
+        }
+        let owners = (indexes[1].array ?? []).compactMap(\.string)
+        var commands: [[String]] = []
+        for gap in gapMembers {
+            commands.append(["ZRANGEBYSCORE", keys.sequenceGaps(gap.session), gap.first, gap.first, "LIMIT", "0", "1"])
+            commands.append(["HGET", keys.sequence(gap.session), "owner"])
+        }
+        commands += owners.map { ["HGETALL", keys.publisher($0)] }
+        let replies = try chunkedPipeline(redis, commands, reading: "sequence gaps")
+        for (index, gap) in gapMembers.enumerated() {
+            // The session's own entry, `<first>|<last>|<opened>|<reported>`; gone when its state expired.
+            guard let entry = replies[2 * index].array?.first?.string else { continue }
+            let parts = entry.split(separator: "|")
+            guard parts.count == 4, let first = UInt64(parts[0]), let last = UInt64(parts[1]) else { continue }
+            let opened = EventTimestamp(millisecondsSinceEpoch: gap.opened)
+            report.expiredGaps.append(SequenceGap(
+                owner: replies[2 * index + 1].string ?? "_", sessionID: gap.session, first: first, last: last,
+                openedAt: opened, ageSeconds: Double(now.millisecondsSinceEpoch - gap.opened) / 1000))
+        }
+        for (owner, reply) in zip(owners, replies[(2 * gapMembers.count)...]) {
+            let fields = reply.hashDictionary()
+            guard !fields.isEmpty else { continue }
+            var counters: [String: Int64] = [:]
+            for name in HealthReport.sequenceCounterNames { counters[name] = fields[name].flatMap(number) ?? 0 }
+            report.publishers.append(PublisherSequenceCounts(
+                owner: owner, counters: counters, lastSessionID: fields["last_session"],
+                lastSeq: fields["last_seq"].flatMap(number)))
+        }
     }
 
     /// Fills the report from the `opsbus:stats` hash.
@@ -62,6 +112,10 @@ public enum ProcessorHealth {
                 report.outcomes[String(field.dropFirst(8))] = value
             } else if field.hasPrefix("actions_") || field.hasPrefix("webhooks_") {
                 report.actionCounters[field] = value
+            } else if HealthReport.sequenceCounterNames.contains(field) {
+                report.sequenceCounters[field] = value
+            } else if HealthReport.linkCounterNames.contains(field) {
+                report.linkCounters[field] = value
             }
         }
         let succeeded = count("actions_succeeded"), failed = count("actions_failed")
@@ -88,7 +142,9 @@ public enum ProcessorHealth {
     ///   `actionSuccessUnhealthy`.
     /// - degraded: no event for `idleDegradedSeconds` while workers are online; dead-letter rate above
     ///   `deadLetterRateDegraded`; action success below `actionSuccessDegraded`; webhook delivery below
-    ///   `webhookSuccessDegraded`; workers that claim to be alive but are stale.
+    ///   `webhookSuccessDegraded`; workers that claim to be alive but are stale; sequence gaps reported (open past
+    ///   the report delay) that opened within the last `recentMinutes` (older ones are a note: they stay listed
+    ///   until they close or their session's state expires, and must not keep the bus degraded for days).
     ///
     /// Rates are judged over the recent window when it holds `minimumSample` events, else over all time when that
     /// does; smaller samples are not judged. (Redis unreachable is unhealthy too, but then there is no report:
@@ -164,6 +220,20 @@ public enum ProcessorHealth {
         if report.staleWorkers > 0 {
             let workers = report.staleWorkers == 1 ? "1 worker claims" : "\(report.staleWorkers) workers claim"
             degraded.append("\(workers) to be up but sent nothing for over \(describe(seconds: limits.staleAfterSeconds))")
+        }
+
+        // Events that never arrived: gaps in publisher sessions still open past the report delay.
+        if !report.expiredGaps.isEmpty {
+            let recent = report.expiredGaps.filter { $0.ageSeconds <= Double(recentMinutes * 60) }
+            let missing = report.expiredGaps.reduce(UInt64(0)) { $0 + $1.count }
+            let owners = Set(report.expiredGaps.map(\.owner)).sorted().joined(separator: ", ")
+            let text = "\(report.expiredGaps.count) sequence \(report.expiredGaps.count == 1 ? "gap" : "gaps") still open "
+                + "(\(missing) events never arrived from \(owners))"
+            if recent.isEmpty { notes.append(text + ", all older than \(recentMinutes) min") } else { degraded.append(text) }
+        }
+        if report.unreachableWorkers > 0 {
+            let workers = report.unreachableWorkers == 1 ? "1 worker is" : "\(report.unreachableWorkers) workers are"
+            notes.append("\(workers) unreachable (link down; in-flight jobs fail over when the link grace is over)")
         }
 
         let status: HealthStatus = !unhealthy.isEmpty ? .unhealthy : (!degraded.isEmpty ? .degraded : .healthy)

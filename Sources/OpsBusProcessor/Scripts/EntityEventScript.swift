@@ -5,15 +5,30 @@ import OpsBusRedis
 ///
 /// State fields are "last writer by event time wins": they are written only when the event is not older than the
 /// state already stored (`state_ts`), so a late, reordered health message cannot overwrite a newer one.
-/// A last will is the exception: its envelope was built when the connection opened (the broker only stores it), so
-/// its timestamp is old by design. It applies when it comes from the session that wrote the current state (that
-/// session is dead now); a will from an older session never overrides a newer live one.
 /// Counters (model loads, cache hits, load time) are added exactly once per event id, whatever the order.
+///
+/// Worker births and deaths (`worker.health`, Sparkplug-style):
+/// - A last will (`last_will: true`) is built when the connection opened (the broker only stores it), so its
+///   timestamp is old by design. With `bd_seq` it applies when its `bd_seq` is at least the worker's stored one,
+///   whatever timestamps or sessions say, and is a stale will (ignored, counted in `stale_wills`) otherwise.
+///   Without `bd_seq` (or before any birth carried one) it applies when it comes from the session that wrote the
+///   current state, or is not older than it.
+/// - An applied will means "link down", not "dead": the worker turns `unreachable` (`link_down_at`, `current_job`
+///   kept) and joins `workers:link_down`. Its jobs keep running; the sweep (`ScheduledActions`) fails them over only
+///   if it stays unreachable for the grace period. Health events of the dead connection's session that arrive
+///   after the will were sent before it: they update fields but not the status.
+/// - A birth (`status: online`) records its `bd_seq` (the maximum is kept). The birth of the connection whose
+///   death was already applied (same session, `bd_seq` not above the death's) is stale. A birth from the session
+///   whose link dropped brings the worker back (`last_outage: link_down`, `last_outage_ms`), no failover. Any
+///   health from another session means the old process died (`last_outage: worker_restarted`): the old session's
+///   jobs still in flight fail over after the grace unless an event for them (the restarted worker flushing its
+///   spool) settles them first.
+/// - An explicit `offline` (clean shutdown, heartbeat timeout) or a deregistration fails the jobs over at once.
 ///
 /// Actions (when `ctx.automation`; outgoing events go to the outbox stream for `OutboxRelay`, with event ids derived
 /// from what caused them, so a repeated action is a duplicate downstream):
-/// - worker → `offline` (last will, or `HeartbeatMonitor`): every job in the worker's in-flight set fails over: a
-///   `job.failed` with `error_type: worker_lost` is published for it, and the normal retry rules follow.
+/// - worker → `offline`/`deregistered`: every job in the worker's in-flight set fails over: a `job.failed` with
+///   `error_type: worker_lost` is published for it, and the normal retry rules follow.
 /// - model: the seed's precache rule (more than N loads, average load over T ms, cache hit rate under R) publishes
 ///   one `trigger.precache` per model, not one per event.
 /// - queue: depth/capacity crossing the high watermark publishes `trigger.scaling` (scale_up) once; falling below
@@ -25,7 +40,8 @@ import OpsBusRedis
 /// ARGV: 1 event_id, 2 event time (ms since epoch), 3 seen-set TTL seconds, 4 entity id, 5 number of state pairs,
 ///       6 session id of a last will ("" for other events), 7 action context (JSON), 8.. state field/value pairs,
 ///       then counter field/increment pairs.
-/// Returns: `applied`, `stale` (counters added, state kept because a newer event is stored) or `duplicate`.
+/// Returns: `applied`, `stale` (counters added, state kept because a newer event is stored), `stale_will` or
+/// `duplicate`.
 enum EntityEventScript {
     static let script = RedisScript(name: "opsbus_apply_entity_event", source: #"""
 local entity, seen, index = KEYS[1], KEYS[2], KEYS[3]
@@ -67,11 +83,96 @@ if ctx.kind == 'model' and ctx.automation and ctx.model_tracking then
 end
 
 local state_ts = tonumber(redis.call('HGET', entity, 'state_ts')) or -1
-local same_session_will = will_session ~= '' and redis.call('HGET', entity, 'session_id') == will_session
-if ts < state_ts and not same_session_will then return 'stale' end
 local previous_status = redis.call('HGET', entity, 'status')
+local function n(x) return string.format('%d', x) end
+
+-- Worker births and deaths (see the doc comment): decided before the last-writer-wins check, because a birth
+-- that lost that check (a newer event of its session got in first) still brings the link back.
+local will_applies, link_down, keep_status, revived = false, false, nil, false
+if ctx.kind == 'worker' and ctx.health then
+  local stats, link_set = p .. 'opsbus:stats', p .. 'workers:link_down'
+  local inflight = p .. 'worker:{' .. id .. '}:inflight'
+  local w = redis.call('HMGET', entity, 'bd_seq', 'death_bd_seq', 'death_session', 'link_down_ms',
+                       'link_down_session', 'session_id', 'restart_session')
+  local stored_bd, death_bd, death_session = tonumber(w[1]), tonumber(w[2]), w[3]
+  local down_ms, down_session, prev_session, restart_session = tonumber(w[4]), w[5], w[6], w[7]
+  local live = {online = true, busy = true, idle = true, degraded = true, unreachable = true}
+  local function stale_will()
+    redis.call('HINCRBY', entity, 'stale_wills', 1)
+    redis.call('HINCRBY', stats, 'stale_wills', 1)
+    return 'stale_will'
+  end
+  local function outage(kind, since_ms)
+    redis.call('HSET', entity, 'last_outage', kind, 'last_outage_at', ctx.now_iso)
+    if since_ms then
+      redis.call('HSET', entity, 'last_outage_ms', n(math.max(0, ctx.now_ms - since_ms)))
+    else
+      redis.call('HDEL', entity, 'last_outage_ms')
+    end
+    redis.call('HDEL', entity, 'link_down_ms', 'link_down_at', 'link_down_session', 'last_will')
+    redis.call('HINCRBY', stats, kind == 'link_down' and 'link_restores' or 'worker_restarts', 1)
+    revived = true
+  end
+  if ctx.will then
+    if ctx.bd_seq and stored_bd then
+      if ctx.bd_seq < stored_bd then return stale_will() end
+      will_applies = true
+    elseif ts < state_ts and prev_session ~= will_session then
+      return stale_will()
+    else
+      will_applies = true
+    end
+    if ctx.bd_seq and (not stored_bd or ctx.bd_seq > stored_bd) then redis.call('HSET', entity, 'bd_seq', n(ctx.bd_seq)) end
+    if previous_status == 'offline' or previous_status == 'deregistered' then
+      keep_status = previous_status  -- already dead: nothing of it is in flight any more
+    else
+      link_down = true
+    end
+  else
+    if ctx.birth and ctx.bd_seq then
+      if death_bd and ctx.bd_seq <= death_bd and death_session == ctx.session then return 'stale' end
+      if not stored_bd or ctx.bd_seq > stored_bd then redis.call('HSET', entity, 'bd_seq', n(ctx.bd_seq)) end
+    end
+    if not ctx.failover then
+      if (down_ms and down_session ~= ctx.session)
+         or (not down_ms and ctx.birth and prev_session and prev_session ~= ctx.session and live[previous_status]) then
+        -- Another process speaks for the worker: the one before died. Its jobs get the grace to be settled.
+        outage('worker_restarted', down_ms)
+        if redis.call('SCARD', inflight) > 0 then
+          redis.call('ZADD', link_set, 'NX', n(ctx.now_ms), id)
+          redis.call('HSET', entity, 'restart_session', ctx.session)
+        else
+          redis.call('ZREM', link_set, id)
+          redis.call('HDEL', entity, 'restart_session')
+        end
+      elseif down_ms and ctx.birth then
+        -- The same session reconnected: the link is back, its jobs kept running.
+        outage('link_down', down_ms)
+        if not restart_session then redis.call('ZREM', link_set, id) end
+      elseif down_ms then
+        keep_status = previous_status  -- sent before the will, delivered after it
+      end
+    end
+  end
+end
+
+if ts < state_ts and not will_applies then
+  if revived and (previous_status == 'unreachable' or previous_status == 'offline') then
+    redis.call('HSET', entity, 'status', 'online')
+  end
+  return 'stale'
+end
 for i = first_state, first_counter - 1, 2 do redis.call('HSET', entity, ARGV[i], ARGV[i + 1]) end
 redis.call('HSET', entity, 'state_ts', math.max(ts, state_ts), 'id', id)
+if keep_status then redis.call('HSET', entity, 'status', keep_status) end
+if link_down then
+  redis.call('HSET', entity, 'status', 'unreachable', 'link_down_ms', n(ctx.now_ms), 'link_down_at', ctx.now_iso,
+             'link_down_session', will_session)
+  if ctx.bd_seq then redis.call('HSET', entity, 'death_bd_seq', n(ctx.bd_seq), 'death_session', will_session) end
+  redis.call('ZADD', p .. 'workers:link_down', n(ctx.now_ms), id)
+  redis.call('HINCRBY', p .. 'opsbus:stats', 'link_downs', 1)
+end
+if ctx.kind == 'worker' and ctx.health and not ctx.will then redis.call('HDEL', entity, 'last_will') end
 if not ctx.automation then return 'applied' end
 
 if ctx.kind == 'worker' and ctx.failover then
@@ -89,7 +190,8 @@ if ctx.kind == 'worker' and ctx.failover then
     end
   end
   redis.call('DEL', inflight)
-  redis.call('HDEL', entity, 'current_job')
+  redis.call('HDEL', entity, 'current_job', 'link_down_ms', 'link_down_at', 'link_down_session', 'restart_session')
+  redis.call('ZREM', p .. 'workers:link_down', id)
 elseif ctx.kind == 'queue' and ctx.capacity and ctx.capacity > 0 and ctx.depth then
   local ratio = ctx.depth / ctx.capacity
   local scaling = redis.call('HGET', entity, 'scaling_state')

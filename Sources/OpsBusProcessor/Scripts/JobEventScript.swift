@@ -10,9 +10,13 @@ import OpsBusRedis
 /// done" would otherwise lose the action: a redelivered event is a duplicate and changes nothing. Actions that
 /// leave Redis (MQTT triggers, webhooks) are appended to the outbox stream here and sent by `OutboxRelay`.
 ///
+/// Every event of the worker itself also records its session as the job's `worker_session` when it is the
+/// attempt's newest (see `EntityEventScript`: a restarted worker's old jobs fail over).
+///
 /// Actions (only when `ctx.automation`):
 /// - started/progress (status → processing): the worker gets `current_job`, the job joins the worker's in-flight
-///   set (for failover), the worker turns `busy` unless it reported a newer health; `resource_allocation` is
+///   set (for failover), the worker turns `busy` unless it reported a newer health or is `unreachable`;
+///   `resource_allocation` is
 ///   recorded in `resources:{worker}`; a `job.started` notification when the job asked for one (`notify`).
 /// - completed: resources released, job leaves the in-flight set, a busy worker turns `idle`, model usage statistics (`model:{m}` jobs, cost,
 ///   processing time, cache hits), a success pattern per service type and model in an hourly bucket, notification.
@@ -117,9 +121,20 @@ if attempt > stored_attempt then
   end
   redis.call('HDEL', job, 'progress', 'started_at', 'completed_at', 'failed_at', 'processing_time', 'output_size',
     'cost_estimate', 'resource_efficiency', 'error_type', 'error_message', 'error_category', 'retry_recommended',
-    'execution_step', 'retry_due_at', 'next_attempt', 'dead_letter_reason', 'worker_id')
+    'execution_step', 'retry_due_at', 'next_attempt', 'dead_letter_reason', 'worker_id', 'worker_session',
+    'worker_session_ms')
   redis.call('HSET', job, 'attempt', attempt, 'attempts', attempt)
   status, progress = nil, 0
+end
+
+-- Which worker process sent the attempt's newest event (by event time, then session id, so arrival order does
+-- not matter): after a worker restart, the jobs whose newest word came from the old process fail over.
+if ctx.session_id then
+  local ws = redis.call('HMGET', job, 'worker_session_ms', 'worker_session')
+  local ws_ms = tonumber(ws[1]) or -1
+  if ctx.ts_ms > ws_ms or (ctx.ts_ms == ws_ms and ctx.session_id > (ws[2] or '')) then
+    redis.call('HSET', job, 'worker_session', ctx.session_id, 'worker_session_ms', string.format('%d', ctx.ts_ms))
+  end
 end
 
 -- Progress only rises within an attempt; completion means 100 %.
@@ -190,7 +205,10 @@ if target == 'processing' then
     redis.call('SADD', p .. 'worker:{' .. worker .. '}:inflight', job_id)
     redis.call('HSET', wkey, 'current_job', job_id)
     local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
-    if ctx.ts_ms >= state_ts then redis.call('HSET', wkey, 'status', 'busy', 'state_ts', ctx.ts_ms) end
+    -- An unreachable worker stays so until its birth: a start flushed or reordered after the will is older news.
+    if ctx.ts_ms >= state_ts and worker_status ~= 'unreachable' then
+      redis.call('HSET', wkey, 'status', 'busy', 'state_ts', ctx.ts_ms)
+    end
     if ctx.resource_allocation then
       redis.call('HSET', p .. 'resources:{' .. worker .. '}', 'job:' .. job_id, ctx.resource_allocation)
     end
