@@ -82,7 +82,10 @@ struct DemoCommand: AsyncParsableCommand {
         mqtt: MQTTEndpoint, mqttURL: String, redis: RedisEndpoint, scheme: TopicScheme, workers: Int, jobs: Int,
         keepRunning: Bool, logger: Logger
     ) async throws {
-        let configuration = ProcessorConfiguration(mqtt: mqtt, redis: redis, scheme: scheme, clientID: "opsbus-demo-processor")
+        var configuration = ProcessorConfiguration(mqtt: mqtt, redis: redis, scheme: scheme, clientID: "opsbus-demo-processor")
+        // The dying worker's will makes it unreachable; a short link grace lets the demo show it offline and its job
+        // failed over before the summary (the default, 30 s, waits for a worker that may still come back).
+        configuration.workerLinkGrace = 2
         let processor = try EventProcessor(configuration: configuration, logger: logger)
         let processorTask = Task { try await processor.run() }
         defer { processorTask.cancel() }
