@@ -74,6 +74,49 @@ final class LinkRig: Sendable {
         }
     }
 
+    /// SIGSTOP / SIGCONT the bridge: frozen, it neither reads nor acknowledges, so the broker queues for it.
+    func pauseBridge() { bridgeState.withLock { $0.current?.signal(SIGSTOP) } }
+    func resumeBridge() { bridgeState.withLock { $0.current?.signal(SIGCONT) } }
+
+    /// How many of `events` are in the job stream now (to show a fault left a backlog to recover).
+    func written(_ events: [AcceptedEvent]) throws(LinkTestError) -> Int {
+        let ids = Set(try StreamVerifier.read(try redisConnection()).map(\.eventID))
+        return events.filter { ids.contains($0.eventID) }.count
+    }
+
+    /// The bridge's counters (`bridge_*` in `opsbus:stats`: entries, duplicates, out of order, …), for the log.
+    func bridgeCounters() throws(LinkTestError) -> String {
+        do {
+            let fields = try redisConnection().command(["HGETALL", "opsbus:stats"]).hashDictionary()
+            return fields.filter { $0.key.hasPrefix("bridge_") }.sorted { $0.key < $1.key }
+                .map { "\($0.key.dropFirst(7))=\($0.value)" }.joined(separator: " ")
+        } catch {
+            throw .setup("HGETALL opsbus:stats failed: \(error)")
+        }
+    }
+
+    /// The retained messages under `acks/#` on the broker (topic → payload), read with the stock mosquitto_sub.
+    /// `timeout` ends the read: mosquitto_sub's own `-W` relies on SIGALRM, which children of the test process
+    /// inherit blocked (ChildLauncher unblocks only the termination signals), so it would never fire.
+    func retainedAcks() throws(LinkTestError) -> [String: String] {
+        let output: String
+        do {
+            output = try Command.run(Command.locate("timeout") ?? "/usr/bin/timeout", [
+                "-s", "INT", "2", Command.locate("stdbuf") ?? "/usr/bin/stdbuf", "-oL",
+                Command.locate("mosquitto_sub") ?? "/usr/bin/mosquitto_sub",
+                "-h", "127.0.0.1", "-p", String(broker.port), "-t", "acks/#", "--retained-only", "-v",
+            ])
+        } catch .commandFailed(_, 124, let text) {
+            output = text  // the timeout: the normal end of reading what is retained
+        }
+        var acks: [String: String] = [:]
+        for line in output.split(separator: "\n") where line.hasPrefix("acks/") {
+            let parts = line.split(separator: " ", maxSplits: 1)
+            acks[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        return acks
+    }
+
     /// Something to stop at tear-down (a proxy, a pump).
     func onTearDown(_ action: @escaping @Sendable () -> Void) { extras.withLock { $0.append(action) } }
 

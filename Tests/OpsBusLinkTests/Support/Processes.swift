@@ -79,7 +79,8 @@ final class ChildProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
         var environment = ProcessInfo.processInfo.environment
-        for key in ["MQTT_URL", "REDIS_URL", "WORKER_ID", "MACHINE_ID", "OPSBUS_TOPIC_PREFIX", "OPSBUS_BRIDGE_ROUTES"] {
+        // The scenario decides everything through flags; a developer's shell settings must not leak in.
+        for key in environment.keys where key.hasPrefix("OPSBUS_") || ["MQTT_URL", "REDIS_URL", "WORKER_ID", "MACHINE_ID"].contains(key) {
             environment[key] = nil
         }
         process.environment = environment
