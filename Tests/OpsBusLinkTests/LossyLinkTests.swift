@@ -128,12 +128,13 @@ struct LossyLinkTests {
         defer { rig.tearDown() }
         try await rig.startBridge()
         let total = 300
-        let first = try pump(rig, worker: "edge-kill", jobs: total, rate: 40)
+        // Full speed: the kill lands with events in flight and, now and then, in the middle of a spool write.
+        let first = try pump(rig, worker: "edge-kill", jobs: total, rate: 0)
         try await first.waitForAccepted(300, timeout: 60)
         first.child.killHard()
         let resumeAt = first.lastAcceptedJobIndex + 1
         let backlog = first.accepted.count - (try rig.written(first.accepted))
-        let second = try pump(rig, worker: "edge-kill", jobs: total - resumeAt, firstJob: resumeAt, rate: 40)
+        let second = try pump(rig, worker: "edge-kill", jobs: total - resumeAt, firstJob: resumeAt, rate: 0)
         linkLog("pump-kill9: first run accepted \(first.accepted.count) events (up to job \(resumeAt - 1)), \(backlog) not yet in Redis at SIGKILL")
         try await finish("pump-kill9", rig, pumps: [first, second], started: started)
         let jobs = Set((first.accepted + second.accepted).map(\.jobID))
@@ -161,6 +162,28 @@ struct LossyLinkTests {
         let second = try pump(rig, worker: "edge-kill-backlog", jobs: total - resumeAt, firstJob: resumeAt, rate: 40)
         linkLog("pump-kill9-backlog: first run accepted \(first.accepted.count) events, \(backlog) not in Redis at SIGKILL")
         try await finish("pump-kill9-backlog", rig, pumps: [first, second], started: started)
+    }
+
+    /// A run that dies while it waits for the last acknowledgements leaves only an earlier session behind; a run
+    /// with nothing new to publish (`--jobs 0`) must still send it.
+    @Test("the pump killed while draining behind a black hole; a run with --jobs 0 sends the rest")
+    func publisherKillWhileDraining() async throws {
+        let started = ContinuousClock.now
+        let rig = try LinkRig("pump-kill9-draining")
+        defer { rig.tearDown() }
+        try await rig.startBridge()
+        let first = try pump(rig, worker: "edge-kill-draining", jobs: 60, rate: 60)
+        try await first.waitForAccepted(120, timeout: 60)
+        let hole = try NftablesLoss.blackHole(rig.namespace)
+        try await first.waitForAccepted(180, timeout: 60)
+        try await Task.sleep(for: .seconds(1))
+        first.child.killHard()
+        try hole.remove()
+        let backlog = first.accepted.count - (try rig.written(first.accepted))
+        #expect(backlog > 0, "the killed run left accepted events that never reached Redis (the case under test)")
+        let second = try pump(rig, worker: "edge-kill-draining", jobs: 0, firstJob: 60, rate: 0)
+        linkLog("pump-kill9-draining: \(backlog) of \(first.accepted.count) accepted events not in Redis at SIGKILL")
+        try await finish("pump-kill9-draining", rig, pumps: [first, second], started: started, expectedAccepted: 180)
     }
 
     /// Two crashed runs, each leaving unacknowledged events under its own session (the bridge is frozen, so the
