@@ -10,11 +10,17 @@ struct SessionAck: Sendable, Hashable {
     var seq: UInt64
     /// `{"session_id":…,"seq":N,"bridge":…,"timestamp":…}`, built when the batch was committed.
     var payload: [UInt8]
+    /// Retained only when the batch moved the session forward. An ack for duplicates or held-back events alone
+    /// repeats the value (so a re-sending publisher learns it) without retaining it: once a publisher has cleared
+    /// a finished session's retained ack, a stray late duplicate must not bring it back.
+    var retain: Bool
 
-    init(topic: String, sessionID: String, seq: UInt64, bridge: String, timestamp: EventTimestamp = .now()) {
+    init(topic: String, sessionID: String, seq: UInt64, bridge: String, timestamp: EventTimestamp = .now(),
+         retain: Bool = true) {
         self.topic = topic
         self.sessionID = sessionID
         self.seq = seq
+        self.retain = retain
         let object: JSONObject = [
             "session_id": .string(sessionID), "seq": .int(Int64(clamping: seq)), "bridge": .string(bridge),
             "timestamp": .string(timestamp.iso8601),
@@ -81,7 +87,9 @@ final class AckPublisher: Sendable {
     func submit(_ acks: [SessionAck]) {
         guard !acks.isEmpty else { return }
         state.withLock { s in
-            for ack in acks {
+            for var ack in acks {
+                // A queued retained value must stay retained when a newer repeat of it replaces it.
+                if let queued = s.pending[ack.topic], queued.retain { ack.retain = true }
                 let isNew = s.pending.updateValue(ack, forKey: ack.topic) == nil
                 if isNew && !s.inFlight.contains(ack.topic) { s.ready.append(ack.topic) }
             }
@@ -102,7 +110,7 @@ final class AckPublisher: Sendable {
             }
             guard let ack = next else { return }
             do {
-                try client.enqueuePublish(topic: ack.topic, payload: ack.payload, qos: .atLeastOnce, retain: true) {
+                try client.enqueuePublish(topic: ack.topic, payload: ack.payload, qos: .atLeastOnce, retain: ack.retain) {
                     [self] result in completed(ack, result)
                 }
             } catch {
@@ -110,7 +118,11 @@ final class AckPublisher: Sendable {
                 // arrived meanwhile; the next batch or completion tries again.
                 let failures = state.withLock { s -> Int in
                     s.inFlight.remove(ack.topic)
-                    if s.pending[ack.topic] == nil { s.pending[ack.topic] = ack }
+                    if s.pending[ack.topic] == nil {
+                s.pending[ack.topic] = ack
+            } else if ack.retain {
+                s.pending[ack.topic]?.retain = true
+            }
                     s.ready.append(ack.topic)
                     s.failures += 1
                     return s.failures

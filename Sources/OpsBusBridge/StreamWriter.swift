@@ -244,6 +244,8 @@ final class StreamWriter: @unchecked Sendable {
         /// Per session touched, its position after the batch (the last reply wins: they ran in order).
         var positions: [String: (session: SessionSequence, acked: UInt64)] = [:]
         var sessionOrder: [String] = []
+        /// Sessions whose position moved in this batch: only those get a retained ack (see `SessionAck.retain`).
+        var advanced: Set<String> = []
         for (plan, reply) in zip(plans, replies) {
             if let session = plan.session, reply.errorMessage == nil {
                 let parts = reply.array ?? []
@@ -253,8 +255,12 @@ final class StreamWriter: @unchecked Sendable {
                     continue
                 }
                 switch code {
-                case "w": written += 1
-                case "x": deadLettered += 1
+                case "w":
+                    written += 1
+                    advanced.insert(session.sessionID)
+                case "x":
+                    deadLettered += 1
+                    advanced.insert(session.sessionID)
                 case "d": duplicates += 1
                 case "s":
                     duplicates += 1
@@ -338,7 +344,7 @@ final class StreamWriter: @unchecked Sendable {
             positions[id].map { position in
                 SessionAck(
                     topic: configuration.topicScheme.ackTopic(owner: position.session.owner, sessionID: id), sessionID: id,
-                    seq: position.acked, bridge: configuration.clientID, timestamp: now)
+                    seq: position.acked, bridge: configuration.clientID, timestamp: now, retain: advanced.contains(id))
             }
         })
     }

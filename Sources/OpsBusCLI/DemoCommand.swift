@@ -7,6 +7,7 @@ import OpsBusLocalServers
 import OpsBusMQTT
 import OpsBusProcessor
 import OpsBusPublisher
+import OpsBusSpool
 import OpsBusRedis
 
 struct DemoCommand: AsyncParsableCommand {
@@ -112,11 +113,15 @@ struct DemoCommand: AsyncParsableCommand {
         }
 
         output("simulating \(workers) GPU workers with \(jobs) jobs each, and one worker that dies mid-job …")
+        // Each worker spools at the edge (here under the demo's temporary folder) and waits for the bridge's acks.
+        let spools = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-demo-spool-\(getpid())")
+        defer { try? FileManager.default.removeItem(at: spools) }
         let simulations = (1...max(1, workers)).map { number in
             WorkerSimulation(workerID: "gpu-worker-\(number)", machineID: "gpu-box-\((number + 1) / 2)",
-                             jobIDs: (1...max(1, jobs)).map { "job-\(number)-\($0)" }, failEvery: 3)
+                             jobIDs: (1...max(1, jobs)).map { "job-\(number)-\($0)" }, failEvery: 3,
+                             spool: SpoolOptions(spool: SpoolConfiguration(directory: spools.path + "/gpu-worker-\(number)")))
         }
-        let doomed = try launchDoomedWorker(mqttURL: mqttURL)
+        let doomed = try launchDoomedWorker(mqttURL: mqttURL, spool: spools.path + "/doomed")
         let reports = try await withThrowingTaskGroup(of: WorkerSimulation.Report.self) { group in
             for simulation in simulations {
                 group.addTask { try await simulation.run(endpoint: mqtt, scheme: scheme, logger: logger) }
@@ -146,12 +151,12 @@ struct DemoCommand: AsyncParsableCommand {
 
     /// A worker in its own process that kills itself (SIGKILL) during its second job: a real crash, so the broker
     /// publishes its last will.
-    static func launchDoomedWorker(mqttURL: String) throws -> Process {
+    static func launchDoomedWorker(mqttURL: String, spool: String) throws -> Process {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
         process.arguments = [
             "simulate", "--workers", "1", "--jobs", "3", "--worker-prefix", "doomed-worker", "--job-prefix", "job-doomed",
-            "--die-during-job", "2", "--log-level", "warning",
+            "--die-during-job", "2", "--log-level", "warning", "--spool", spool,
         ]
         // The URL travels in the environment, not argv, so a password never shows in `ps`.
         process.environment = ProcessInfo.processInfo.environment.merging(["MQTT_URL": mqttURL]) { $1 }

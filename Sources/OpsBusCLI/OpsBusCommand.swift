@@ -19,7 +19,7 @@ public struct OpsBusCommand: AsyncParsableCommand {
         subcommands: [
             PublishCommand.self, TailCommand.self, ProcessorCommand.self, JobCommand.self, JobsCommand.self,
             WorkersCommand.self, HealthCommand.self, DemoCommand.self, SimulateCommand.self,
-            BridgeCommand.self, StreamsCommand.self, ReplayCommand.self,
+            BridgeCommand.self, StreamsCommand.self, ReplayCommand.self, SpoolCommand.self, PumpCommand.self,
         ]
     )
 

@@ -19,7 +19,15 @@ struct PublishCommand: AsyncParsableCommand {
             Raw: opsbus publish --raw jobs/j-42/completed '{"event_id": …}' [--qos 1] [--retain]
               Sends the bytes as given (for scripts and replays); use '-' to read the payload from stdin.
 
-            Exits 0 once the broker acknowledged the event (QoS 1) or took it (QoS 0); 1 with the reason otherwise.
+            Spool: with a worker id (--worker or $WORKER_ID) a typed event of a spooled class (QoS 1 lifecycle, \
+            failure, resource, model and trigger events) is first written to the worker's CLI spool \
+            (~/.local/state/opsbus/spool/cli-<worker>, or --spool DIR) and then waits up to --ack-wait seconds for \
+            the bridge's end-to-end acknowledgement (--ack broker: the broker's). If none comes, the event stays \
+            spooled and the next publish from the same spool sends it again; `opsbus spool DIR` shows what waits. \
+            --no-spool, or no worker id, publishes directly.
+
+            Exits 0 once the event is acknowledged, or accepted into the spool (a warning says it is still \
+            waiting); 1 with the reason otherwise.
             """)
 
     @Argument(help: "Event type (e.g. job.started), or with --raw: the topic.")
@@ -57,6 +65,10 @@ struct PublishCommand: AsyncParsableCommand {
     @Option(help: "Service type (default $SERVICE_TYPE).") var serviceType: String?
     @Option(help: "Connector id (default $CONNECTOR_ID).") var connector: String?
 
+    @Option(help: ArgumentHelp("Seconds to wait for the acknowledgement of a spooled event.", valueName: "seconds"))
+    var ackWait: Double = 10
+
+    @OptionGroup var spooling: SpoolingOptions
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var common: CommonOptions
 
@@ -104,14 +116,27 @@ struct PublishCommand: AsyncParsableCommand {
         let options = EventFactory.Options(jobID: job, attempt: attempt, traceID: traceID)
         _ = try factory.prepare(eventType, fields: body, subject: subjectID, options: options)
 
+        let spool = try context.workerID.flatMap { worker in
+            try spooling.options(owner: "cli-\(worker.rawValue)")
+        } ?? (spooling.spool != nil ? try spooling.options(owner: "cli") : nil)
         let publisher = try await EventPublisher.connect(
-            endpoint: endpoint, context: context, scheme: scheme, logger: logger, announceWorker: false)
+            endpoint: endpoint, context: context, scheme: scheme, spool: spool, logger: logger, announceWorker: false)
         let envelope: EventEnvelope
         do {
             envelope = try await publisher.publish(eventType, fields: body, subject: subjectID, options: options)
         } catch {
             await publisher.disconnect()
             throw CLIError("\(error)")
+        }
+        if envelope.ack, let spool {
+            let pending = await publisher.drain(timeout: ackWait)
+            if pending > 0 {
+                warn("""
+                    \(eventType.rawValue) \(envelope.eventID) is safe in the spool \(spool.spool.directory) but not yet \
+                    acknowledged by the \(spool.acknowledgement) after \(ackWait) s (\(pending) event(s) waiting); the next \
+                    publish from this spool sends it again. Is a bridge running? (without one: --ack broker)
+                    """)
+            }
         }
         await publisher.disconnect()
         output("published \(eventType.rawValue) \(envelope.eventID)")

@@ -107,3 +107,8 @@ final class SignalCanceller: @unchecked Sendable {
 func output(_ line: String) {
     FileHandle.standardOutput.write(Data((line + "\n").utf8))
 }
+
+/// A warning for the user on stderr (stdout stays machine-readable).
+func warn(_ line: String) {
+    FileHandle.standardError.write(Data(("warning: " + line + "\n").utf8))
+}

@@ -4,6 +4,7 @@ import Logging
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusPublisher
+import OpsBusSpool
 
 /// A simulated GPU worker running ComfyUI-style jobs: it publishes exactly what a real connector would
 /// (registration, health, job lifecycle with progress, model loads, resources, completions and classified failures).
@@ -19,6 +20,8 @@ struct WorkerSimulation: Sendable {
     var stepDelay = 0.05
     /// Kill this process with SIGKILL after this many jobs have started (simulates a worker dying mid-job).
     var dieDuringJob: Int?
+    /// The worker's edge spool (nil: publish directly). A worker's spool directory is its own.
+    var spool: SpoolOptions?
 
     struct Report: Sendable {
         var completed: [String] = []
@@ -40,7 +43,7 @@ struct WorkerSimulation: Sendable {
             workerID: try EventFactory.identifier(workerID, field: "worker_id"),
             serviceType: serviceType, connectorID: "\(serviceType)-connector")
         let publisher = try await EventPublisher.connect(
-            endpoint: endpoint, context: context, scheme: scheme, waitForBroker: true, logger: logger)
+            endpoint: endpoint, context: context, scheme: scheme, waitForBroker: true, spool: spool, logger: logger)
         var report = Report()
         try await publisher.workerRegistered(capabilities: ["txt2img", "img2img", "upscale"], version: "1.4.2")
         report.eventsPublished += 2
@@ -86,7 +89,7 @@ struct WorkerSimulation: Sendable {
             try await publisher.workerHealth(status: "idle")
             report.eventsPublished += 3
         }
-        await publisher.close()
+        await publisher.close(drainTimeout: 30)
         return report
     }
 }
@@ -110,19 +113,25 @@ struct SimulateCommand: AsyncParsableCommand {
     @Option(help: "Kill this process (SIGKILL) during this job number.") var dieDuringJob: Int?
     @Option(help: "Job id prefix.") var jobPrefix: String = "job"
 
+    @OptionGroup var spooling: SpoolingOptions
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
         let logger = try common.makeLogger("opsbus.simulate")
+        let baseSpool = try spooling.options(owner: "simulate")
         let endpoint = try connection.mqttEndpoint()
         let scheme = try connection.topicScheme()
         let machineID = machine ?? ProcessInfo.processInfo.environment["MACHINE_ID"] ?? "sim-machine"
         let simulations = (1...max(1, workers)).map { number in
-            WorkerSimulation(
-                workerID: "\(workerPrefix)-\(number)", machineID: machineID,
+            let workerID = "\(workerPrefix)-\(number)"
+            // One spool per simulated worker, as on real machines.
+            var spool = baseSpool
+            spool?.spool.directory += "/\(workerID)"
+            return WorkerSimulation(
+                workerID: workerID, machineID: machineID,
                 jobIDs: (1...max(1, jobs)).map { "\(jobPrefix)-\(number)-\($0)" }, failEvery: failEvery,
-                dieDuringJob: dieDuringJob)
+                dieDuringJob: dieDuringJob, spool: spool)
         }
         let reports = try await withThrowingTaskGroup(of: WorkerSimulation.Report.self) { group in
             for simulation in simulations {

@@ -1,70 +1,206 @@
 import Logging
 import OpsBusCore
 import OpsBusMQTT
+import OpsBusSpool
+import Synchronization
 
 /// Publishes typed job-platform events over MQTT: the seed's `ConnectorLogger`, on a real broker.
 ///
-/// `publish` returns once the broker acknowledged a QoS 1 event (or once libmosquitto took a QoS 0 one), and throws
-/// otherwise; the topic and QoS come from the event type (`topics.md`). The worker's health topic carries an
-/// `online` birth message on connect and an `offline` last will, so a dead connection marks the worker offline.
+/// With a spool (`SpoolOptions`, the default for workers via `connectFromEnvironment`), `publish` returns once a
+/// spooled event is on disk; it is sent, re-sent if need be, and deleted only when acknowledged end to end (see
+/// `SpooledDelivery`), so neither the link, the broker nor a crash of this process can lose it. Other events (and
+/// all events without a spool): `publish` returns once the broker acknowledged a QoS 1 event (or once libmosquitto
+/// took a QoS 0 one), and throws otherwise. The topic and QoS come from the event type (`topics.md`).
+/// The worker's health topic carries an `online` birth on every connect and an `offline` last will, both stamped
+/// with the connection's `bd_seq`, so a dead connection marks the worker unreachable and a late will is recognisable.
 public final class EventPublisher: Sendable {
     public let factory: EventFactory
     private let client: MQTTClient
     private let logger: Logger
+    private let delivery: SpooledDelivery?
+    private let births: BirthDeathCounter
+    /// Keeps spooled events in `seq` order on disk: `seq` is assigned and the record appended under it.
+    private let appendGate = SerialGate()
+    private let connectionWatcher = Mutex<Task<Void, Never>?>(nil)
+    /// Connections whose birth went out (or was attempted); `connect` waits for the first so it precedes any event.
+    private let birthsSent = Mutex(0)
 
     public var context: PublisherContext { factory.context }
     public var sessionID: String { factory.sessionID }
 
     /// Wraps an already configured client. Prefer `connect(...)`, which also sets the last will and the birth message.
-    public init(client: MQTTClient, factory: EventFactory, logger: Logger = Logger(label: "opsbus.publisher")) {
+    public convenience init(client: MQTTClient, factory: EventFactory, logger: Logger = Logger(label: "opsbus.publisher")) {
+        self.init(client: client, factory: factory, delivery: nil, births: BirthDeathCounter(directory: nil), logger: logger)
+    }
+
+    init(client: MQTTClient, factory: EventFactory, delivery: SpooledDelivery?, births: BirthDeathCounter, logger: Logger) {
         self.client = client
         self.factory = factory
+        self.delivery = delivery
+        self.births = births
         self.logger = logger
     }
 
+    /// The spool's figures (depth, oldest age, drops), nil without a spool.
+    public var spoolStatistics: SpoolStatistics? { delivery?.spool.statistics }
+
+    /// The `bd_seq` of the current (or last attempted) connection.
+    public var birthDeathSequence: UInt64 { births.current }
+
     /// Connects to the broker at `endpoint`. With `announceWorker` (and a worker id in the context) the worker's
-    /// health topic gets an `online` birth message now and an `offline` last will for a lost connection; one-shot
-    /// tools such as `opsbus publish` pass false so they do not speak for the worker's lifetime.
+    /// health topic gets an `online` birth message on every connect and an `offline` last will for a lost
+    /// connection, both carrying the connection's `bd_seq`; one-shot tools such as `opsbus publish` pass false so
+    /// they do not speak for the worker's lifetime.
     /// The client id defaults to `opsbus-pub-<worker or machine>-<session>`, unique per session.
+    ///
+    /// With `spool`, the spool is opened (and what an earlier run left in it is sent first), and an unreachable
+    /// broker does not fail the call: it waits up to `connectTimeout` seconds, then returns and keeps connecting in
+    /// the background while events go to the spool. Without a spool, an unreachable broker throws after
+    /// `connectTimeout` unless `waitForBroker`. A permanent refusal (credentials, TLS) throws in both cases.
+    /// `publishTimeout` bounds how long a non-spooled QoS 1 publish may wait while the link is down.
     public static func connect(
         endpoint: MQTTEndpoint, context: PublisherContext, scheme: TopicScheme = .unprefixed,
         policy: QoSPolicy = .default, clientID: String? = nil, keepAlive: Int = 30,
-        tls: MQTTTLSConfiguration? = nil, waitForBroker: Bool = false,
+        tls: MQTTTLSConfiguration? = nil, waitForBroker: Bool = false, spool spoolOptions: SpoolOptions? = nil,
+        connectTimeout: Double = 10, publishTimeout: Double = 30,
         logger: Logger = Logger(label: "opsbus.publisher"), announceWorker: Bool = true
     ) async throws(EventPublisherError) -> EventPublisher {
-        let factory = EventFactory(context: context, scheme: scheme, policy: policy)
+        let spooledTypes = spoolOptions.map { $0.spooledTypes ?? EventFactory.defaultSpooledTypes(policy: policy) }
+        let factory = EventFactory(context: context, scheme: scheme, policy: policy, spooledTypes: spooledTypes)
         let owner = context.workerID?.rawValue ?? context.machineID?.rawValue ?? "anon"
         var configuration = MQTTClientConfiguration(
             endpoint: endpoint, clientID: clientID ?? "opsbus-pub-\(owner)-\(factory.sessionID.suffix(10))")
         configuration.keepAlive = keepAlive
         configuration.tls = tls
-        if announceWorker && context.workerID != nil {
-            // The broker publishes this if the connection dies without a clean disconnect. Its timestamp is
-            // connect time; `last_will: true` tells the processor to apply it over this session's later events
-            // anyway (see the processor's EntityEventScript).
+        configuration.connectTimeout = connectTimeout
+        configuration.publishTimeout = publishTimeout
+
+        let spool: Spool?
+        do {
+            spool = try spoolOptions.map { (options) throws(SpoolError) in try Spool.open(options.spool, logger: logger) }
+        } catch {
+            throw .spool(error)
+        }
+        let births = BirthDeathCounter(directory: spoolOptions?.spool.directory)
+        let announce = announceWorker && context.workerID != nil
+        if announce {
+            // The broker publishes this if the connection dies without a clean disconnect. Each connection gets a
+            // new `bd_seq` (persisted with the spool), so the processor can tell an old connection's late will
+            // from the current one's.
             let will = try factory.prepare(
                 .workerHealth,
                 fields: ["status": "offline", "reason": "connection lost (last will)", "last_will": true])
-            configuration.will = MQTTWill(
-                topic: will.topic, payload: will.envelope.encoded(), qos: MQTTQoS(will.delivery.qos),
-                retain: will.delivery.retain)
+            var willEnvelope = will.envelope
+            if willEnvelope.seq != 0 {
+                // A will is sent only if the connection dies: it must not take a number from the sequence.
+                factory.returnSequence(willEnvelope.seq)
+                willEnvelope.seq = 0
+                willEnvelope.ack = false
+            }
+            let finalWill = willEnvelope
+            configuration.willForConnection = { [births] in
+                var envelope = finalWill
+                envelope.fields["bd_seq"] = .int(Int64(clamping: births.next()))
+                return MQTTWill(
+                    topic: will.topic, payload: envelope.encoded(), qos: MQTTQoS(will.delivery.qos),
+                    retain: will.delivery.retain)
+            }
         }
         let client: MQTTClient
         do {
             client = try MQTTClient(configuration: configuration, logger: logger)
-            try await client.connect(waitForBroker: waitForBroker)
         } catch {
+            spool?.close()
             throw .transport(error, topic: "(connect)")
         }
-        let publisher = EventPublisher(client: client, factory: factory, logger: logger)
-        if announceWorker && context.workerID != nil {
-            try await publisher.workerHealth(status: "online")
+        var delivery: SpooledDelivery?
+        if let spool, let spoolOptions {
+            delivery = SpooledDelivery(
+                spool: spool, options: spoolOptions, client: client, scheme: scheme, currentSession: factory.sessionID,
+                owner: context.workerID ?? context.machineID ?? Identifier(rawValue: "_")!, logger: logger)
+        }
+        let publisher = EventPublisher(client: client, factory: factory, delivery: delivery, births: births, logger: logger)
+        if let delivery {
+            let delivery = delivery
+            client.setMessageHandler { message in
+                delivery.receiveAck(topic: message.topic, payload: message.payload)
+                return .accept
+            }
+        }
+        publisher.watchConnection(announce: announce)
+        delivery?.start()
+        do throws(MQTTError) {
+            if delivery != nil {
+                try await publisher.connectInBackground(firstWait: connectTimeout)
+            } else {
+                try await client.connect(waitForBroker: waitForBroker)
+            }
+        } catch {
+            await publisher.disconnect()
+            throw .transport(error, topic: "(connect)")
+        }
+        if announce && client.isConnected {
+            // The birth goes out before anything the caller publishes, as subscribers expect.
+            let deadline = ContinuousClock.now + .milliseconds(Int(max(publishTimeout, 1) * 1000))
+            while publisher.birthsSent.withLock({ $0 }) == 0 && ContinuousClock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(5))
+            }
         }
         return publisher
     }
 
-    /// Announces the worker offline (when the context has one) and disconnects cleanly.
-    public func close(status: String = "offline", reason: String = "shutdown") async {
+    /// Starts connecting for as long as it takes; returns once connected or after `firstWait` seconds. Only a
+    /// permanent refusal (credentials, TLS) throws.
+    private func connectInBackground(firstWait: Double) async throws(MQTTError) {
+        let failure = Mutex<MQTTError?>(nil)
+        Task { [client] in
+            do throws(MQTTError) {
+                try await client.connect(waitForBroker: true)
+            } catch {
+                failure.withLock { $0 = error }
+            }
+        }
+        let deadline = ContinuousClock.now + .milliseconds(Int(firstWait * 1000))
+        while ContinuousClock.now < deadline && !client.isConnected {
+            if let error = failure.withLock({ $0 }) { throw error }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        if !client.isConnected {
+            logger.warning("broker not reachable yet; spooling and connecting in the background",
+                           metadata: ["broker": "\(client.configuration.endpoint)"])
+        }
+    }
+
+    /// On every (re)connect: the birth message, then the spool resumes sending.
+    private func watchConnection(announce: Bool) {
+        let events = client.connectionEvents
+        let task = Task { [weak self] in
+            for await event in events {
+                guard case .connected = event, let self else { continue }
+                if announce {
+                    await self.publishBirth()
+                    self.birthsSent.withLock { $0 += 1 }
+                }
+                self.delivery?.wake()
+            }
+        }
+        connectionWatcher.withLock { $0 = task }
+    }
+
+    private func publishBirth() async {
+        var fields: JSONObject = ["status": "online", "bd_seq": .int(Int64(clamping: births.current))]
+        if let delivery { fields["spool_depth"] = .int(Int64(delivery.depth)) }
+        do {
+            try await publish(.workerHealth, fields: fields)
+        } catch {
+            logger.warning("could not publish the birth message", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Waits up to `drainTimeout` seconds for the spool to empty (everything acknowledged), announces the worker
+    /// offline (when the context has one) and disconnects cleanly. What is still spooled is sent by the next start.
+    public func close(status: String = "offline", reason: String = "shutdown", drainTimeout: Double = 5) async {
+        _ = await drain(timeout: drainTimeout)
         if context.workerID != nil {
             do {
                 try await workerHealth(status: status, fields: ["reason": .string(reason)])
@@ -72,12 +208,23 @@ public final class EventPublisher: Sendable {
                 logger.warning("could not publish final worker health", metadata: ["error": "\(error)"])
             }
         }
-        await client.disconnect()
+        await disconnect()
     }
 
-    /// Disconnects cleanly without publishing anything (the last will is not sent on a clean disconnect).
+    /// Disconnects cleanly without publishing anything (the last will is not sent on a clean disconnect) and closes
+    /// the spool; spooled events stay on disk for the next start.
     public func disconnect() async {
+        connectionWatcher.withLock { $0?.cancel() }
+        await delivery?.clearCurrentSessionAck()
+        delivery?.stop()
         await client.disconnect()
+        delivery?.spool.close()
+    }
+
+    /// Waits until every spooled event is acknowledged or `timeout` seconds passed; returns how many are still
+    /// waiting (0 without a spool).
+    public func drain(timeout: Double) async -> Int {
+        await delivery?.drain(timeout: timeout) ?? 0
     }
 
     // MARK: Generic
@@ -88,13 +235,56 @@ public final class EventPublisher: Sendable {
         _ eventType: EventType, fields: JSONObject = JSONObject(), subject: Identifier? = nil,
         options: EventFactory.Options = .init()
     ) async throws(EventPublisherError) -> EventEnvelope {
-        let prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
-        try await send(topic: prepared.topic, payload: prepared.envelope.encoded(), delivery: prepared.delivery)
+        let prepared: EventFactory.Prepared
+        if let delivery, factory.isSpooled(eventType) {
+            prepared = try await spool(eventType, fields: fields, subject: subject, options: options, into: delivery)
+        } else {
+            prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
+            try await send(topic: prepared.topic, payload: prepared.envelope.encoded(), delivery: prepared.delivery)
+        }
         logger.debug(
             "published",
             metadata: ["event_type": "\(eventType.rawValue)", "topic": "\(prepared.topic)",
                        "event_id": "\(prepared.envelope.eventID)", "seq": "\(prepared.envelope.seq)"])
         return prepared.envelope
+    }
+
+    /// Prepares the event and appends it to the spool, both under `appendGate` so `seq` order is spool order.
+    private func spool(
+        _ eventType: EventType, fields: JSONObject, subject: Identifier?, options: EventFactory.Options,
+        into delivery: SpooledDelivery
+    ) async throws(EventPublisherError) -> EventFactory.Prepared {
+        await appendGate.enter()
+        defer { appendGate.leave() }
+        let prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
+        let record = SpoolRecord(
+            sessionID: prepared.envelope.sessionID, seq: prepared.envelope.seq, topic: prepared.topic,
+            payload: prepared.envelope.encoded(), qos: UInt8(prepared.delivery.qos.rawValue),
+            retain: prepared.delivery.retain, priority: Self.spoolPriority(eventType, delivery: prepared.delivery),
+            coalesceKey: Self.coalesceKey(prepared.envelope))
+        do {
+            _ = try await delivery.spool.append(record)
+        } catch {
+            factory.returnSequence(prepared.envelope.seq)
+            throw .spool(error)
+        }
+        delivery.wake()
+        return prepared
+    }
+
+    /// Terminal job events are never dropped from a full spool; best-effort classes go first.
+    static func spoolPriority(_ eventType: EventType, delivery: DeliveryPolicy) -> SpoolPriority {
+        if eventType == .jobCompleted || eventType == .jobFailed { return .essential }
+        return delivery.qos == .atMostOnce ? .droppable : .normal
+    }
+
+    /// Events that supersede each other: a full spool keeps only the latest per key.
+    static func coalesceKey(_ envelope: EventEnvelope) -> String? {
+        switch envelope.eventType {
+        case .jobProgress: return envelope.jobID.map { "job.progress/\($0.rawValue)" }
+        case .workerHeartbeat: return "worker.heartbeat"
+        default: return nil
+        }
     }
 
     /// Publishes bytes as they are on a topic of the caller's choice (for scripts and replays); no validation

@@ -1,5 +1,6 @@
 import OpsBusCore
 import OpsBusMQTT
+import OpsBusSpool
 
 /// Why an event was not published. Nothing is sent when validation fails.
 public enum EventPublisherError: Error, CustomStringConvertible, Sendable {
@@ -15,6 +16,9 @@ public enum EventPublisherError: Error, CustomStringConvertible, Sendable {
     case subjectMismatch(eventType: EventType, given: String, payload: String)
     /// The broker did not take the message (not connected for QoS 0, timeout, refused …).
     case transport(MQTTError, topic: String)
+    /// The spool could not take the event (full of events it must not drop, disk error, locked by another
+    /// process). Nothing was accepted: the caller decides (retry later, fail the job, alert).
+    case spool(SpoolError)
 
     public var description: String {
         switch self {
@@ -26,6 +30,7 @@ public enum EventPublisherError: Error, CustomStringConvertible, Sendable {
         case let .subjectMismatch(eventType, given, payload):
             return "\(eventType.rawValue): subject \"\(given)\" disagrees with the payload's \(eventType.subjectFieldName) \"\(payload)\""
         case let .transport(error, topic): return "publish to \(topic) failed: \(error)"
+        case let .spool(error): return "spool: \(error)"
         }
     }
 }

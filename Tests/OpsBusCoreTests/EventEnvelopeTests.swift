@@ -83,7 +83,7 @@ private func decodeError(_ text: String, maxBytes: Int = EventEnvelope.defaultMa
             timestamp: EventTimestamp(millisecondsSinceEpoch: 1_772_368_496_789), source: "worker",
             jobID: try Identifier(validating: "job-9"), machineID: try Identifier(validating: "m1"),
             workerID: try Identifier(validating: "w1"), serviceType: "comfyui", connectorID: "comfy-1",
-            sessionID: "s1", seq: 42, traceID: "t-1", correlationID: "c-1", attempt: 2,
+            sessionID: "s1", seq: 42, prevSeq: 40, ack: true, traceID: "t-1", correlationID: "c-1", attempt: 2,
             fields: ["error": "boom", "error_type": "gpu_oom", "retry_recommended": false])
         try envelope.validate()
         let object = try #require(try JSONValue.parse(envelope.encoded()).objectValue)
@@ -143,6 +143,8 @@ extension EventEnvelope {
         for value in [jobID?.rawValue, machineID?.rawValue, workerID?.rawValue, serviceType, connectorID, traceID, correlationID]
         where value != nil { count += 1 }
         if attempt != nil { count += 1 }
+        if prevSeq != nil { count += 1 }
+        if ack { count += 1 }
         return count + fields.filter { !EventEnvelope.isEnvelopeKey($0.key) }.count
     }
 }
