@@ -1,0 +1,570 @@
+#!/usr/bin/env python3
+"""Runs the opsbus benchmark scenarios side by side with their limits and baselines (scripts/bench calls this).
+
+Every scenario runs `--runs` times (≥ 3) on servers of its own: a fresh mosquitto per run (so no durable session
+of an earlier run queues messages behind the next), one redis-server flushed between runs. The figure of a run is
+a rate (events/s) or a latency; the table shows the median and the spread (min–max) of the runs, the limit or
+baseline measured in the same invocation, their ratio, and CPU µs per event of the opsbus process (user + sys from
+/proc/<pid>/stat over the run, divided by the events). Each run is also one JSON line in .bench/results-<ts>.jsonl.
+"""
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+
+import redis
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, ".bench")
+TICK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def log(message):
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def proc_cpu(pid):
+    """user + sys seconds of a live process (its threads included)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / TICK
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+
+
+def proc_rss_mib(pid):
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * PAGE / 1048576
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def wait_port(port, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+class Servers:
+    """Our own mosquitto and redis-server on free loopback ports, configured like OpsBusLocalServers does."""
+
+    def __init__(self, work):
+        self.work = work
+        self.redis_port = free_port()
+        rdir = os.path.join(work, "redis")
+        os.makedirs(rdir, exist_ok=True)
+        with open(os.path.join(rdir, "redis.conf"), "w") as f:
+            f.write(f"port {self.redis_port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {rdir}\n"
+                    "save \"\"\nappendonly yes\nappendfsync everysec\nloglevel warning\n")
+        self.redis_proc = subprocess.Popen(["redis-server", os.path.join(rdir, "redis.conf")],
+                                           stdout=open(os.path.join(rdir, "log"), "w"), stderr=subprocess.STDOUT)
+        if not wait_port(self.redis_port):
+            raise SystemExit("redis-server did not start")
+        self.redis = redis.Redis(host="127.0.0.1", port=self.redis_port)
+        self.mqtt_proc = None
+        self.mqtt_port = None
+        self.mqtt_log = None
+
+    def fresh_broker(self):
+        """A new mosquitto with an empty persistence directory (persistence on, max_queued_messages 0)."""
+        self.stop_broker()
+        self.redis.flushall()
+        self.mqtt_port = free_port()
+        mdir = tempfile.mkdtemp(prefix="mosquitto-", dir=self.work)
+        self.mqtt_log = os.path.join(mdir, "mosquitto.log")
+        lines = [f"listener {self.mqtt_port} 127.0.0.1", "allow_anonymous true", "persistence true",
+                 f"persistence_location {mdir}/", "autosave_interval 1", "max_queued_messages 0",
+                 f"max_queued_bytes {512 * 1024 * 1024}", "max_inflight_messages 20",
+                 f"log_dest file {self.mqtt_log}", "log_type error", "log_type warning", "log_type subscribe"]
+        if os.getuid() == 0:
+            lines.append("user root")
+        conf = os.path.join(mdir, "mosquitto.conf")
+        with open(conf, "w") as f:
+            f.write("\n".join(lines) + "\n")
+        self.mqtt_proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL)
+        if not wait_port(self.mqtt_port):
+            raise SystemExit("mosquitto did not start")
+        self.mqtt_dir = mdir
+
+    def wait_subscribed(self, client_id, seconds=15):
+        """Waits until the broker logged a subscription of `client_id` (log_type subscribe)."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            try:
+                with open(self.mqtt_log) as f:
+                    if any(f" {client_id} " in line for line in f):
+                        time.sleep(0.3)
+                        return True
+            except FileNotFoundError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"{client_id} did not subscribe within {seconds}s")
+
+    def stop_broker(self):
+        if self.mqtt_proc:
+            self.mqtt_proc.terminate()
+            try:
+                self.mqtt_proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.mqtt_proc.kill()
+            shutil.rmtree(self.mqtt_dir, ignore_errors=True)
+            self.mqtt_proc = None
+
+    def close(self):
+        self.stop_broker()
+        self.redis_proc.terminate()
+        self.redis_proc.wait(10)
+
+    @property
+    def mqtt_url(self):
+        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+
+    @property
+    def redis_url(self):
+        return f"redis://127.0.0.1:{self.redis_port}"
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.bin = args.bin
+        self.work = tempfile.mkdtemp(prefix="opsbus-bench-")
+        self.servers = Servers(self.work)
+        self.results = []      # every run
+        self.rows = []         # table rows
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        os.makedirs(BENCH, exist_ok=True)
+        self.jsonl_path = os.path.join(BENCH, f"results-{stamp}.jsonl")
+        self.jsonl = open(self.jsonl_path, "w")
+        self.files = {}
+        self.children = []
+
+    # --- helpers ---------------------------------------------------------------------------------------------
+
+    def tool(self, name):
+        return os.path.join(self.bin, name)
+
+    def load_file(self, kind, events, size=400):
+        key = (kind, events, size)
+        if key not in self.files:
+            path = os.path.join(self.work, f"{kind}-{events}-{size}.load")
+            subprocess.run([self.tool("opsbus-bench"), "gen", "--kind", kind, "--events", str(events), "--size",
+                            str(size), "--jobs", "1000", "--out", path], check=True)
+            self.files[key] = path
+        return self.files[key]
+
+    def record(self, scenario, run, **figures):
+        entry = {"scenario": scenario, "run": run, "time": datetime.now(timezone.utc).isoformat(), **figures}
+        self.results.append(entry)
+        self.jsonl.write(json.dumps(entry) + "\n")
+        self.jsonl.flush()
+        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()}
+        log(f"{scenario} #{run}: {shown}")
+        return entry
+
+    def spawn(self, argv, env=None, log_name=None):
+        out = open(os.path.join(self.work, log_name or "child.log"), "a")
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        self.children.append(proc)
+        return proc
+
+    def stop(self, proc, timeout=15):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if proc in self.children:
+            self.children.remove(proc)
+
+    def run_json(self, argv, timeout=600):
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        if out.returncode != 0:
+            raise RuntimeError(f"{argv[0]} failed ({out.returncode}): {out.stderr[-2000:]}")
+        return json.loads(out.stdout.strip().splitlines()[-1])
+
+    def wait_until(self, predicate, timeout, poll=0.02):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if predicate():
+                return time.time()
+            time.sleep(poll)
+        return None
+
+    def row(self, scenario, values, baseline_name=None, baseline=None, cpu=None, unit="ev/s", higher_better=True,
+            note=""):
+        self.rows.append(dict(scenario=scenario, values=values, baseline_name=baseline_name, baseline=baseline,
+                              cpu=cpu, unit=unit, higher_better=higher_better, note=note))
+
+    # --- consumers -------------------------------------------------------------------------------------------
+
+    def start_consumer(self, kind, events, instances=1, route="jobs/#=events:jobs", filter_="jobs/#"):
+        """Starts the consumer under test, waits for its subscription, returns (procs, done-predicate, cpu-pids)."""
+        s = self.servers
+        procs = []
+        if kind == "c-sub":
+            proc = subprocess.Popen([self.tool("mqtt_sub"), "-p", str(s.mqtt_port), "-t", filter_, "-n", str(events),
+                                     "-c", "bench-c-sub"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                    text=True)
+            s.wait_subscribed("bench-c-sub")
+            return [proc], (lambda: proc.poll() is not None)
+        if kind == "opsbus-bridge":
+            journal = tempfile.mkdtemp(prefix="journal-", dir=self.work)
+            proc = self.spawn([self.tool("opsbus"), "bridge", "--route", route, "--journal", journal,
+                               "--client-id", "bench-bridge", "--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url],
+                              env={"OPSBUS_LOG_LEVEL": "warning"}, log_name="bridge.log")
+            s.wait_subscribed("bench-bridge")
+            stream = route.split("=", 1)[1].split(";")[0]
+            return [proc], (lambda: s.redis.xlen(stream) >= events)
+        if kind == "python-bridge":
+            proc = self.spawn([sys.executable, os.path.join(ROOT, "Benchmarks", "baselines", "python_bridge.py"),
+                               "--mqtt-port", str(s.mqtt_port), "--redis-port", str(s.redis_port),
+                               "--client-id", "bench-pybridge", "--filter", filter_], log_name="pybridge.log")
+            s.wait_subscribed("bench-pybridge")
+            return [proc], (lambda: s.redis.xlen("events:jobs") >= events)
+        if kind == "opsbus-processor":
+            for n in range(1, instances + 1):
+                client = f"bench-proc-{n}"
+                argv = [self.tool("opsbus"), "processor", "--client-id", client, "--mqtt-url", s.mqtt_url,
+                        "--redis-url", s.redis_url]
+                if instances > 1:
+                    argv += ["--group", "bench", "--instance", str(n)]
+                procs.append(self.spawn(argv, env={"OPSBUS_LOG_LEVEL": "error"}, log_name="processor.log"))
+            for n in range(1, instances + 1):
+                s.wait_subscribed(f"bench-proc-{n}")
+
+            def done():
+                value = s.redis.hget("opsbus:stats", "events_received")
+                return value is not None and int(value) >= events
+            return procs, done
+        raise ValueError(kind)
+
+    def delivery_run(self, scenario, run, consumer, load, events, instances=1, timeout=300, **extra):
+        """C publisher at QoS 1 as fast as it goes while `consumer` takes the messages; rate = events / (time from
+        the first publish to the last event delivered: received, in the stream, or applied)."""
+        s = self.servers
+        s.fresh_broker()
+        procs, done = self.start_consumer(consumer, events, instances=instances)
+        cpu0 = {p.pid: proc_cpu(p.pid) for p in procs}
+        rss_peak = 0.0
+        t0 = time.time()
+        pub = subprocess.Popen([self.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n", str(events),
+                                "-q", "1", "-w", "2000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        finished = None
+        deadline = t0 + timeout
+        last_rss_check = 0
+        while time.time() < deadline:
+            if done():
+                finished = time.time()
+                break
+            if time.time() - last_rss_check > 0.5:
+                last_rss_check = time.time()
+                rss_peak = max(rss_peak, sum(proc_rss_mib(p.pid) or 0 for p in procs))
+            time.sleep(0.01)
+        cpu1 = {p.pid: proc_cpu(p.pid) for p in procs}
+        rss = sum(proc_rss_mib(p.pid) or 0 for p in procs)
+        pub_out, pub_err = pub.communicate(timeout=120)
+        if consumer == "c-sub":
+            sub_result = json.loads(procs[0].communicate(timeout=10)[0].strip().splitlines()[-1])
+            finished = sub_result["end_realtime"]
+            cpu_us = sub_result["cpu_us_per_event"]
+            rss = None
+        else:
+            for p in procs:
+                self.stop(p)
+            cpu_us = None
+            if finished is not None and all(cpu0[p] is not None and cpu1[p] is not None for p in cpu0):
+                cpu_us = sum(cpu1[p] - cpu0[p] for p in cpu0) * 1e6 / events
+        if finished is None:
+            return self.record(scenario, run, consumer=consumer, events=events, rate=None, error="timeout", **extra)
+        pub_result = json.loads(pub_out.strip().splitlines()[-1]) if pub_out.strip() else {}
+        seconds = finished - t0
+        return self.record(scenario, run, consumer=consumer, events=events, instances=instances, seconds=seconds,
+                           rate=events / seconds, cpu_us_per_event=cpu_us, rss_mib=rss,
+                           rss_peak_mib=max(rss_peak, rss or 0) or None,
+                           publisher_rate=pub_result.get("rate"), **extra)
+
+    # --- scenarios -------------------------------------------------------------------------------------------
+
+    def repeat(self, scenario, fn):
+        runs = [fn(run) for run in range(1, self.args.runs + 1)]
+        return runs
+
+    @staticmethod
+    def figures(runs, key="rate"):
+        return [r[key] for r in runs if r.get(key) is not None]
+
+    def scenario_redis(self):
+        n = self.args.events // 2
+        for mode in ("xadd", "bridge", "processor"):
+            runs = self.repeat(f"redis {mode}", lambda run: self.record(
+                f"redis pipeline {mode}", run, **self.run_json([self.tool("redis_pipe"), "-p",
+                                                                 str(self.servers.redis_port), "-m", mode,
+                                                                 "-n", str(n), "-b", "100"])))
+            self.redis_rates = getattr(self, "redis_rates", {})
+            self.redis_rates[mode] = statistics.median(self.figures(runs))
+            self.row(f"Redis own rate: {mode} (C hiredis, pipeline 100, 1 conn)", self.figures(runs),
+                     cpu=statistics.median(self.figures(runs, "cpu_us_per_event")), note="limit")
+            self.servers.redis.flushall()
+
+    def scenario_publisher(self):
+        s = self.servers
+        n = self.args.events
+        load = self.load_file("bridge", min(n, 100_000))
+        baselines = {}
+        for qos in (0, 1):
+            def c_run(run, qos=qos):
+                s.fresh_broker()
+                return self.record(f"C publisher QoS {qos}", run, **self.run_json(
+                    [self.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n", str(n), "-q", str(qos),
+                     "-w", "2000", "-i", "20"]))
+            runs = self.repeat("c-pub", c_run)
+            baselines[qos] = statistics.median(self.figures(runs))
+            self.row(f"C publisher (libmosquitto) QoS {qos}", self.figures(runs),
+                     cpu=statistics.median(self.figures(runs, "cpu_us_per_event")), note="limit")
+        for label, qos, spool in (("QoS 0", 0, "none"), ("QoS 1", 1, "none"),
+                                  ("QoS 1 + spool, durability never", 1, "never"),
+                                  ("QoS 1 + spool, durability always", 1, "always")):
+            def o_run(run, qos=qos, spool=spool):
+                s.fresh_broker()
+                spool_dir = tempfile.mkdtemp(prefix="spool-", dir=self.work)
+                result = self.run_json([self.tool("opsbus-bench"), "publish", "--mqtt-url", s.mqtt_url, "--events",
+                                        str(n), "--qos", str(qos), "--spool", spool, "--dir", spool_dir,
+                                        "--concurrency", "64"])
+                shutil.rmtree(spool_dir, ignore_errors=True)
+                return self.record(f"opsbus publisher {label}", run, **result)
+            runs = self.repeat(label, o_run)
+            self.row(f"opsbus publisher {label} (64 tasks)", self.figures(runs), "C publisher QoS %d" % qos,
+                     baselines[qos], cpu=statistics.median(self.figures(runs, "cpu_us_per_event")))
+
+    def scenario_bridge(self, events=None, size=400, label=None, python=True):
+        n = events or self.args.events
+        load = self.load_file("bridge", n, size)
+        label = label or f"bridge jobs/# {size} B"
+        c = self.repeat("c", lambda run: self.delivery_run(f"{label}: C subscriber", run, "c-sub", load, n,
+                                                            size=size))
+        limit = statistics.median(self.figures(c))
+        self.row(f"{label}, {n} ev: C subscriber QoS 1 (broker delivery)", self.figures(c),
+                 cpu=statistics.median(self.figures(c, "cpu_us_per_event")), note="limit")
+        o = self.repeat("o", lambda run: self.delivery_run(f"{label}: opsbus bridge", run, "opsbus-bridge", load, n,
+                                                            size=size))
+        o_cpu = statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")])
+        self.row(f"{label}, {n} ev: opsbus bridge", self.figures(o), "C subscriber", limit, cpu=o_cpu,
+                 note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB")
+        if python:
+            p = self.repeat("p", lambda run: self.delivery_run(f"{label}: Python bridge", run, "python-bridge", load,
+                                                                n, size=size))
+            p_cpu = statistics.median(self.figures(p, "cpu_us_per_event") or [float("nan")])
+            self.row(f"{label}, {n} ev: Python bridge (paho + redis-py)", self.figures(p), "C subscriber", limit,
+                     cpu=p_cpu, note="baseline")
+            self.row(f"{label}: CPU µs/event opsbus ÷ Python", [o_cpu], "Python bridge", p_cpu, unit="µs/ev",
+                     higher_better=False, note="target ≤ 0.1")
+        return o
+
+    def scenario_processor(self):
+        n = self.args.processor_events
+        load = self.load_file("lifecycle", n)
+        events = sum(1 for _ in open(load))
+        c = self.repeat("c", lambda run: self.delivery_run("processor mix: C subscriber", run, "c-sub", load, events))
+        limit = statistics.median(self.figures(c))
+        self.row(f"processor mix, {events} ev: C subscriber QoS 1", self.figures(c),
+                 cpu=statistics.median(self.figures(c, "cpu_us_per_event")), note="limit")
+        for instances in (1, 2, 4):
+            o = self.repeat("o", lambda run: self.delivery_run(f"processor x{instances}", run, "opsbus-processor",
+                                                                load, events, instances=instances))
+            self.row(f"processor mix: opsbus processor ×{instances}", self.figures(o), "C subscriber", limit,
+                     cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
+                     note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total")
+
+    def scenario_latency(self):
+        s = self.servers
+        rate = 5000
+        n = int(rate * self.args.latency_seconds)
+        load = self.load_file("lifecycle", n)
+        p50, p99, p999 = [], [], []
+        for run in range(1, self.args.runs + 1):
+            s.fresh_broker()
+            procs, _ = self.start_consumer("opsbus-processor", n)
+            cpu0 = proc_cpu(procs[0].pid)
+            out = os.path.join(self.work, f"latency-{run}.txt")
+            result = self.run_json([self.tool("latency"), "-p", str(s.mqtt_port), "-P", str(s.redis_port), "-f", load,
+                                    "-r", str(rate), "-o", out])
+            cpu = proc_cpu(procs[0].pid) - cpu0
+            self.stop(procs[0])
+            h = self.run_json([self.tool("opsbus-bench"), "hdr", out])
+            entry = self.record("latency 5000/s", run, **result, **h, cpu_us_per_event=cpu * 1e6 / max(1, result["matched"]))
+            p50.append(h["p50_us"] / 1000)
+            p99.append(h["p99_us"] / 1000)
+            p999.append(h["p999_us"] / 1000)
+            os.remove(out)
+        self.row("latency publish→Redis state @5000/s: p50", p50, "target", 1.0, unit="ms", higher_better=False)
+        self.row("latency publish→Redis state @5000/s: p99", p99, "target", 5.0, unit="ms", higher_better=False)
+        self.row("latency publish→Redis state @5000/s: p99.9", p999, unit="ms", higher_better=False)
+
+    def scenario_sizes(self):
+        for size, n in ((200, self.args.events // 2), (2048, self.args.events // 4), (65536, self.args.events // 20)):
+            self.scenario_bridge(events=n, size=size, label=f"payload {size} B", python=False)
+
+    def scenario_cost(self):
+        points = [10_000, 100_000] + ([1_000_000] if self.args.million else [])
+        for n in points:
+            load = self.load_file("bridge", min(n, 200_000))
+            runs = 1 if n >= 1_000_000 else self.args.runs
+            o = [self.delivery_run(f"cost curve bridge {n}", run, "opsbus-bridge", load, n)
+                 for run in range(1, runs + 1)]
+            self.row(f"cost curve: opsbus bridge, {n} events", self.figures(o),
+                     cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
+                     note=f"{runs} run(s)" + ("; file cycled, later events are dedup hits" if n > 200_000 else ""))
+
+    def scenario_soak(self):
+        s = self.servers
+        minutes = self.args.soak_minutes
+        rate = self.args.soak_rate
+        n = int(rate * minutes * 60)
+        load = self.load_file("lifecycle", n)
+        s.fresh_broker()
+        journal = tempfile.mkdtemp(prefix="journal-", dir=self.work)
+        bridge = self.spawn([self.tool("opsbus"), "bridge", "--route", "jobs/#=events:jobs", "--journal", journal,
+                             "--client-id", "bench-bridge", "--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url],
+                            env={"OPSBUS_LOG_LEVEL": "warning"}, log_name="soak.log")
+        processor = self.spawn([self.tool("opsbus"), "processor", "--client-id", "bench-proc-1", "--mqtt-url",
+                                s.mqtt_url, "--redis-url", s.redis_url], env={"OPSBUS_LOG_LEVEL": "error"},
+                               log_name="soak.log")
+        s.wait_subscribed("bench-bridge")
+        s.wait_subscribed("bench-proc-1")
+        pub = subprocess.Popen([self.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n", str(n), "-r",
+                                str(rate)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        samples = []
+        t0 = time.time()
+        cpu0 = (proc_cpu(bridge.pid), proc_cpu(processor.pid))
+        while pub.poll() is None:
+            time.sleep(10 - ((time.time() - t0) % 10))
+            samples.append((round(time.time() - t0), proc_rss_mib(bridge.pid), proc_rss_mib(processor.pid)))
+            log(f"soak t={samples[-1][0]}s bridge RSS {samples[-1][1]:.1f} MiB, processor {samples[-1][2]:.1f} MiB")
+        self.wait_until(lambda: s.redis.xlen("events:jobs") >= n, 60)
+        self.wait_until(lambda: int(s.redis.hget("opsbus:stats", "events_received") or 0) >= n, 120)
+        cpu1 = (proc_cpu(bridge.pid), proc_cpu(processor.pid))
+        for p in (bridge, processor):
+            self.stop(p)
+        def growth(index):
+            # steady state: from the first sample after the first minute (or the first sample) to the last
+            base = next((x for x in samples if x[0] >= 60), samples[0])[index]
+            return (samples[-1][index] - base) / base * 100, base, samples[-1][index], max(x[index] for x in samples)
+        b = growth(1)
+        p = growth(2)
+        self.record("soak", 1, minutes=minutes, rate=rate, events=n, samples=samples, bridge_growth_pct=b[0],
+                    processor_growth_pct=p[0], bridge_rss_max=b[3], processor_rss_max=p[3],
+                    bridge_cpu_us_per_event=(cpu1[0] - cpu0[0]) * 1e6 / n,
+                    processor_cpu_us_per_event=(cpu1[1] - cpu0[1]) * 1e6 / n)
+        self.row(f"soak {minutes} min @{rate}/s: bridge RSS MiB (start→end, max)", [b[2]], "steady start", b[1],
+                 cpu=(cpu1[0] - cpu0[0]) * 1e6 / n, unit="MiB", higher_better=False,
+                 note=f"growth {b[0]:+.1f} %, max {b[3]:.1f}")
+        self.row(f"soak {minutes} min @{rate}/s: processor RSS MiB (start→end, max)", [p[2]], "steady start", p[1],
+                 cpu=(cpu1[1] - cpu0[1]) * 1e6 / n, unit="MiB", higher_better=False,
+                 note=f"growth {p[0]:+.1f} %, max {p[3]:.1f}")
+
+    # --- output ----------------------------------------------------------------------------------------------
+
+    def table(self):
+        def fmt(v, unit):
+            if v is None or v != v:
+                return "–"
+            if unit == "ev/s":
+                return f"{v:,.0f}"
+            return f"{v:,.2f}" if v < 100 else f"{v:,.0f}"
+        lines = ["| scenario | opsbus / figure (median, min–max) | limit / baseline (same run) | ratio | CPU µs/event | note |",
+                 "|---|---|---|---|---|---|"]
+        for r in self.rows:
+            vals = [v for v in r["values"] if v is not None]
+            if vals:
+                med = statistics.median(vals)
+                spread = f" ({fmt(min(vals), r['unit'])}–{fmt(max(vals), r['unit'])})" if len(vals) > 1 else ""
+                figure = f"{fmt(med, r['unit'])} {r['unit']}{spread}"
+            else:
+                med, figure = None, "failed"
+            base = f"{r['baseline_name']}: {fmt(r['baseline'], r['unit'])}" if r["baseline"] is not None else ""
+            ratio = f"{med / r['baseline']:.2f}" if med is not None and r["baseline"] else ""
+            cpu = fmt(r["cpu"], "µs") if r["cpu"] is not None else ""
+            lines.append(f"| {r['scenario']} | {figure} | {base} | {ratio} | {cpu} | {r['note']} |")
+        return "\n".join(lines)
+
+    def close(self):
+        for p in list(self.children):
+            self.stop(p, 5)
+        self.servers.close()
+        self.jsonl.close()
+        shutil.rmtree(self.work, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--bin", required=True, help="folder with opsbus, opsbus-bench and the C tools")
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--soak-minutes", type=float)
+    parser.add_argument("--soak-rate", type=int, default=1000)
+    parser.add_argument("--only", default="", help="comma-separated scenarios: redis,publisher,bridge,processor,"
+                                                    "latency,sizes,cost,soak")
+    parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=None)
+    args = parser.parse_args()
+    args.events = 10_000 if args.quick else 50_000
+    args.processor_events = 5_500 if args.quick else 22_000
+    args.latency_seconds = 4 if args.quick else 12
+    if args.soak_minutes is None:
+        args.soak_minutes = 1 if args.quick else 10
+    if args.million is None:
+        args.million = not args.quick
+    args.runs = max(3, args.runs)
+    order = ["redis", "publisher", "bridge", "processor", "latency", "sizes", "cost", "soak"]
+    chosen = [s for s in order if not args.only or s in args.only.split(",")]
+    bench = Bench(args)
+    started = time.time()
+    try:
+        for name in chosen:
+            log(f"scenario {name}")
+            try:
+                getattr(bench, f"scenario_{name}")()
+            except Exception as error:  # keep going: one broken scenario must not lose the others' figures
+                log(f"scenario {name} FAILED: {error!r}")
+                bench.row(f"{name}: FAILED ({type(error).__name__}: {str(error)[:80]})", [])
+    finally:
+        bench.close()
+    print()
+    print(f"opsbus benchmarks, {platform.node()}, {os.cpu_count()} CPUs, {'quick' if args.quick else 'full'} run, "
+          f"{args.runs} runs per scenario, {time.time() - started:.0f} s")
+    print()
+    print(bench.table())
+    print()
+    print(f"JSON lines: {bench.jsonl_path}")
+    with open(bench.jsonl_path.replace(".jsonl", ".md"), "w") as f:
+        f.write(bench.table() + "\n")
+
+
+if __name__ == "__main__":
+    main()
