@@ -18,7 +18,9 @@ struct HealthCommand: AsyncParsableCommand {
             the processor's GAP_REPORT_AFTER_SECONDS; listed with owner, session, missing range and age). Rates \
             are judged only over at least 20 events. Also shown: gap counters per publisher (opened, closed by a \
             late delivery, expired, dropped by the publisher itself and declared with prev_seq), unreachable \
-            workers and link counters (last wills, reconnects, restarts, grace timeouts, stale wills).
+            workers and link counters (last wills, reconnects, restarts, grace timeouts, stale wills), and the \
+            latest recommendations of the processor's pattern analysis (PATTERN_ANALYSIS_INTERVAL: failure rates, \
+            longer timeouts, more GPU memory, models to precache), most severe first; they do not change the verdict.
             Exit status: 0 healthy, 1 degraded, 2 unhealthy or Redis unreachable (monitoring-plugin convention).
             Examples:
               opsbus health                         a readable summary
@@ -26,7 +28,7 @@ struct HealthCommand: AsyncParsableCommand {
               opsbus health --redis-url redis://:secret@cache:6379/2
             """)
 
-    @Flag(help: "Print one JSON document (verdict, reasons, events, actions, webhooks, dead_letters, jobs, workers, links, sequence).")
+    @Flag(help: "Print one JSON document (verdict, reasons, events, actions, webhooks, dead_letters, jobs, workers, links, sequence, recommendations).")
     var json = false
 
     @Option(help: "Seconds of silence after which a worker that claims to be up counts as stale.")
@@ -167,6 +169,26 @@ struct HealthCommand: AsyncParsableCommand {
         for publisher in troubled.prefix(20) {
             lines.append("  \(publisher.owner): " + gapCounts(publisher.counters)
                 + (publisher.openGaps > 0 ? ", \(publisher.openGaps) open now" : ""))
+        }
+        if let analysis = report.patternAnalysis {
+            let age = ProcessorHealth.describe(
+                seconds: Double(report.generatedAt.millisecondsSinceEpoch - analysis.generatedAt.millisecondsSinceEpoch) / 1000)
+            row("recommended", analysis.recommendations.isEmpty
+                ? "nothing (analysed \(age) ago, hours \(analysis.window))"
+                : "\(analysis.recommendations.count) (analysed \(age) ago, hours \(analysis.window))")
+            for recommendation in analysis.recommendations.prefix(20) {
+                let tint: TextStyle.Tint = switch recommendation.severity {
+                case .critical: .red
+                case .warning: .yellow
+                case .info: .dim
+                }
+                lines.append(style.paint("  \(recommendation.severity.rawValue) ", tint) + recommendation.summary)
+            }
+            if analysis.recommendations.count > 20 {
+                lines.append("  … \(analysis.recommendations.count - 20) more (--json lists them)")
+            }
+        } else {
+            row("recommended", "no pattern analysis yet")
         }
         return lines.joined(separator: "\n")
     }

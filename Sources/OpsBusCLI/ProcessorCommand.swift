@@ -25,7 +25,8 @@ struct ProcessorCommand: AsyncParsableCommand {
             batch, default 100), BUSINESS_LOGIC_TIMEOUT_MS (Redis command timeout, default 5000), \
             BUSINESS_LOGIC_AUTOMATION, MODEL_USAGE_TRACKING, USER_NOTIFICATIONS_ENABLED (true/false, default true), \
             NOTIFICATION_SERVICE_URL, NOTIFICATION_SECRET or NOTIFICATION_SECRET_FILE, WORKER_LINK_GRACE_SECONDS \
-            (default 30), GAP_REPORT_AFTER_SECONDS (default 60).
+            (default 30), GAP_REPORT_AFTER_SECONDS (default 60), PATTERN_ANALYSIS_INTERVAL (seconds between pattern \
+            analyses publishing trigger.recommendation on triggers/recommendation/<kind>.<scope>, default 300, 0 = off).
             """)
 
     @Option(help: "Shared-subscription group; instances in one group split the events (default: none).")
@@ -55,6 +56,11 @@ struct ProcessorCommand: AsyncParsableCommand {
         "Seconds a gap in a publisher session's seq may stay open (reordering) before it is reported as lost events (default $GAP_REPORT_AFTER_SECONDS or 60).",
         valueName: "seconds"))
     var gapReportAfter: Double?
+
+    @Option(help: ArgumentHelp(
+        "Seconds between pattern analyses (failure rates, timeouts, resources, slow models → trigger.recommendation); 0 turns them off (default $PATTERN_ANALYSIS_INTERVAL or 300).",
+        valueName: "seconds"))
+    var patternAnalysisInterval: Int?
 
     @Option(help: "Automated actions on or off (default $BUSINESS_LOGIC_AUTOMATION or true).")
     var automation: Bool?
@@ -92,6 +98,12 @@ struct ProcessorCommand: AsyncParsableCommand {
             ?? Double(environment.int("WORKER_LINK_GRACE_SECONDS", default: 30, range: 0...86_400))
         configuration.gapReportAfter = try gapReportAfter
             ?? Double(environment.int("GAP_REPORT_AFTER_SECONDS", default: 60, range: 1...86_400))
+        let patternInterval = try patternAnalysisInterval
+            ?? environment.int("PATTERN_ANALYSIS_INTERVAL", default: 300, range: 0...86_400)
+        guard (0...86_400).contains(patternInterval) else {
+            throw ValidationError("--pattern-analysis-interval must be a number of seconds from 0 to 86400, not \(patternInterval)")
+        }
+        configuration.patternAnalysisInterval = Double(patternInterval)
         for (name, value) in [("--worker-link-grace", configuration.workerLinkGrace),
                               ("--gap-report-after", configuration.gapReportAfter)]
         where !(value.isFinite && value >= 0 && value <= 86_400) {

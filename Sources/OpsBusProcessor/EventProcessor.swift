@@ -102,6 +102,10 @@ public final class EventProcessor: Sendable {
             group.addTask { await relay.run() }
             group.addTask { await scheduled.run() }
             if let deliverer { group.addTask { await deliverer.run() } }
+            if configuration.automation && configuration.patternAnalysisInterval > 0 {
+                let analyzer = PatternAnalyzer(configuration: configuration, logger: logger)
+                group.addTask { await analyzer.run() }
+            }
             if case let .stream(key, groupName) = configuration.source {
                 let source = StreamSource(configuration: configuration, stream: key, group: groupName, logger: logger) {
                     [self] topic, payload in applyFromStream(topic: topic, payload: payload)

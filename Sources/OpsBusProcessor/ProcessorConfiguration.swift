@@ -60,6 +60,10 @@ public struct ProcessorConfiguration: Sendable {
     public var webhooks: [WebhookEndpoint] = []
     /// Precache rule for models (the seed's thresholds).
     public var precacheRule: PrecacheRule = PrecacheRule()
+    /// `PATTERN_ANALYSIS_INTERVAL`: seconds between pattern analyses (`PatternAnalyzer`); 0 turns it off.
+    public var patternAnalysisInterval: Double = 300
+    /// Thresholds of the pattern analysis (`PatternAnalysisRules` explains them).
+    public var patternRules: PatternAnalysisRules = PatternAnalysisRules()
 
     public init(
         mqtt: MQTTEndpoint, redis: RedisEndpoint, scheme: TopicScheme = .unprefixed, keys: RedisKeys = RedisKeys(),

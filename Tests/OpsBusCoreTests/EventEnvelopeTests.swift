@@ -18,7 +18,8 @@ enum EnvelopeFixtures {
         case .queueState: #""queue":"default","depth":3,"capacity":100"#
         case .serviceHealth: #""service":"api","status":"healthy""#
         case .modelLoaded: #""model":"sdxl","load_time_ms":1234,"cache_hit":false"#
-        case .triggerNotification, .triggerRetry, .triggerPrecache, .triggerWorkflow, .triggerScaling, .triggerFailover:
+        case .triggerNotification, .triggerRetry, .triggerPrecache, .triggerWorkflow, .triggerScaling, .triggerFailover,
+             .triggerRecommendation:
             #""job_id":"job-1","reason":"because""#
         }
     }

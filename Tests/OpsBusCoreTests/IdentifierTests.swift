@@ -84,8 +84,8 @@ import OpsBusCore
         #expect(EventType.queueState.subjectKind == .queue)
         #expect(EventType.serviceHealth.subjectKind == .service)
         #expect(EventType.modelLoaded.subjectKind == .model)
-        #expect(EventType.allCases.filter { $0.subjectKind == .trigger }.count == 6)
-        #expect(EventType.allCases.count == 20)
+        #expect(EventType.allCases.filter { $0.subjectKind == .trigger }.count == 7)
+        #expect(EventType.allCases.count == 21)
     }
 
     @Test func catalogHasASchemaForEveryType() {

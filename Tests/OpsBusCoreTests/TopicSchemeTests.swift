@@ -17,6 +17,7 @@ private func id(_ value: String) -> Identifier {
         (.triggerNotification, "triggers/notification/S-1"), (.triggerRetry, "triggers/retry/S-1"),
         (.triggerPrecache, "triggers/precache/S-1"), (.triggerWorkflow, "triggers/workflow/S-1"),
         (.triggerScaling, "triggers/scaling/S-1"), (.triggerFailover, "triggers/failover/S-1"),
+        (.triggerRecommendation, "triggers/recommendation/S-1"),
     ]
 
     @Test func tableCoversEveryEventType() {

@@ -185,6 +185,7 @@ public enum EventCatalog {
         add(.triggerWorkflow, "Advance a workflow.", triggerFields)
         add(.triggerScaling, "Ask for capacity to be scaled.", triggerFields)
         add(.triggerFailover, "Ask for a failover.", triggerFields)
+        add(.triggerRecommendation, "Advice from the processor's pattern analysis.", triggerFields)
         return all
     }()
 }

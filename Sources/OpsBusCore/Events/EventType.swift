@@ -20,6 +20,8 @@ public enum EventType: String, CaseIterable, Sendable, Codable {
     case triggerWorkflow = "trigger.workflow"
     case triggerScaling = "trigger.scaling"
     case triggerFailover = "trigger.failover"
+    /// Advice from the processor's pattern analysis (longer timeout, more resources, a failure rate to look at).
+    case triggerRecommendation = "trigger.recommendation"
 
     /// Which id is the subject of this event's topic (see `EventEnvelope.topicSubject()`).
     public var subjectKind: SubjectKind {
@@ -31,7 +33,7 @@ public enum EventType: String, CaseIterable, Sendable, Codable {
         case .serviceHealth: .service
         case .modelLoaded: .model
         case .triggerNotification, .triggerRetry, .triggerPrecache, .triggerWorkflow, .triggerScaling,
-             .triggerFailover: .trigger
+             .triggerFailover, .triggerRecommendation: .trigger
         }
     }
 
@@ -45,7 +47,7 @@ public enum EventType: String, CaseIterable, Sendable, Codable {
         case .serviceHealth: .services
         case .modelLoaded: .models
         case .triggerNotification, .triggerRetry, .triggerPrecache, .triggerWorkflow, .triggerScaling,
-             .triggerFailover: .triggers
+             .triggerFailover, .triggerRecommendation: .triggers
         }
     }
 
@@ -72,6 +74,7 @@ public enum EventType: String, CaseIterable, Sendable, Codable {
         case .triggerWorkflow: "workflow"
         case .triggerScaling: "scaling"
         case .triggerFailover: "failover"
+        case .triggerRecommendation: "recommendation"
         }
     }
 }

@@ -17,7 +17,7 @@ public struct ParsedTopic: Sendable, Hashable {
 /// - `workers/<worker_id>/{registered,deregistered,health,heartbeat}`
 /// - `resources/<worker_id>/{allocated,released}`
 /// - `queues/<queue>/state`, `services/<service>/health`, `models/<model>/loaded`
-/// - `triggers/{notification,retry,precache,workflow,scaling,failover}/<subject_id>`
+/// - `triggers/{notification,retry,precache,workflow,scaling,failover,recommendation}/<subject_id>`
 ///
 /// Subjects follow the id rule, so a subject is always exactly one topic level and never a wildcard.
 public struct TopicScheme: Sendable, Hashable {

@@ -144,6 +144,9 @@ public struct HealthReport: Sendable {
     /// Per publisher owner (worker, else machine), most recently active first.
     public var publishers: [PublisherSequenceCounts] = []
 
+    /// The latest pattern analysis (`PatternAnalyzer`): nil before its first run or when it is off.
+    public var patternAnalysis: PatternAnalysisResult?
+
     public static let sequenceCounterNames = ["gaps_opened", "gaps_closed", "gaps_expired", "gaps_abandoned",
                                               "declared_drops", "sessions"]
     public static let linkCounterNames = ["link_downs", "link_restores", "worker_restarts", "link_timeouts",
@@ -223,6 +226,7 @@ public struct HealthReport: Sendable {
                     ("expired_gaps", .array(expiredGaps.map { $0.json() })),
                     ("publishers", .array(publishers.map { $0.json() })),
                 ])),
+            "recommendations": patternAnalysis?.json() ?? .null,
         ])
     }
 }

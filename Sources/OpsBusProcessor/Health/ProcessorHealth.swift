@@ -46,6 +46,7 @@ public enum ProcessorHealth {
         report.liveWorkers = workers.filter { WorkerRegistry.liveStatuses.contains($0.status) }.count
         report.staleWorkers = workers.filter(\.isStale).count
         try readSequence(redis: redis, keys: keys, now: now, into: &report)
+        report.patternAnalysis = try PatternStore.read(redis: redis, keys: keys)
         return report
     }
 
