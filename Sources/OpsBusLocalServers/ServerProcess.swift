@@ -117,7 +117,9 @@ public final class ServerProcess: Sendable {
 /// exits meanwhile could have its SIGCHLD delivered here and lost, and Foundation would never reap it
 /// (`waitUntilExit()` hangs; seen as `<defunct>` servers and a stalled test run).
 public enum ChildLauncher {
-    static let terminationSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+    /// Signals a child must be able to receive: termination, plus SIGALRM (tools such as `mosquitto_sub -W` time
+    /// out with `alarm()`, which a blocked SIGALRM silently disables).
+    static let terminationSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM]
 
     public static func run(_ process: Process) throws {
         var signals = sigset_t()

@@ -73,7 +73,6 @@ final class SpooledDelivery: Sendable {
     struct State {
         var sessions: [String: SessionProgress] = [:]
         var inFlight = 0
-        var stopped = false
     }
 
     let spool: Spool
@@ -130,7 +129,6 @@ final class SpooledDelivery: Sendable {
     }
 
     func stop() {
-        state.withLock { $0.stopped = true }
         signal.finish()
         for task in tasks.withLock({ $0 }) { task.cancel() }
     }
@@ -143,27 +141,30 @@ final class SpooledDelivery: Sendable {
     func receiveAck(topic: String, payload: [UInt8]) {
         guard !payload.isEmpty else { return }
         guard case .object(let object)? = try? JSONValue.parse(payload),
-              case .string(let session)? = object["session_id"], let seq = object["seq"]?.intValue, seq >= 0,
-              state.withLock({ $0.sessions[session]?.ackTopic == topic })
+              case .string(let session)? = object["session_id"], let seq = object["seq"]?.intValue, seq >= 0
         else {
-            logger.warning("ignoring a malformed or foreign acknowledgement", metadata: ["topic": "\(topic)"])
+            logger.warning("ignoring a malformed acknowledgement", metadata: ["topic": "\(topic)"])
+            return
+        }
+        guard state.withLock({ $0.sessions[session]?.ackTopic == topic }) else {
+            // A repeat for a session that is already finished (or an ack on the wrong topic): nothing to do.
+            logger.debug("ignoring an acknowledgement for no session in progress", metadata: ["topic": "\(topic)"])
             return
         }
         signal.yield(.acknowledged(session: session, seq: UInt64(seq)))
     }
 
     /// Events not yet acknowledged (all sessions).
-    var depth: Int { spool.statistics.records }
+    var depth: Int { spool.depth }
 
     /// Waits until the spool holds nothing, or `timeout` seconds passed; returns the number still pending.
     func drain(timeout: Double) async -> Int {
         let deadline = ContinuousClock.now + .milliseconds(Int(timeout * 1000))
         while ContinuousClock.now < deadline {
-            let pending = spool.statistics.records
-            if pending == 0 { return 0 }
+            if spool.depth == 0 { return 0 }
             try? await Task.sleep(for: .milliseconds(20))
         }
-        return spool.statistics.records
+        return spool.depth
     }
 
     // MARK: - Sender (one task: every decision below runs on it, in order)

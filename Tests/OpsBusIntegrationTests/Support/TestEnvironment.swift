@@ -32,7 +32,9 @@ final class TestServers: Sendable {
 
 /// Polls `condition` until it holds or `timeout` passes; the machine is shared and slow, so deadlines are generous
 /// and nothing here measures speed.
-func waitUntil(timeout: Double = 20, _ description: String = "condition",
+/// The default deadline is long on purpose: CI machines have 2 cores shared by many concurrent test servers, and a
+/// condition that holds returns at once anyway.
+func waitUntil(timeout: Double = 60, _ description: String = "condition",
                _ condition: () throws -> Bool) async throws -> Bool {
     let deadline = Date().addingTimeInterval(timeout)
     while Date() < deadline {
