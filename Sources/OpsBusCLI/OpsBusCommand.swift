@@ -20,6 +20,7 @@ public struct OpsBusCommand: AsyncParsableCommand {
             PublishCommand.self, TailCommand.self, ProcessorCommand.self, JobCommand.self, JobsCommand.self,
             WorkersCommand.self, HealthCommand.self, DemoCommand.self, SimulateCommand.self,
             BridgeCommand.self, StreamsCommand.self, ReplayCommand.self, SpoolCommand.self, PumpCommand.self,
+            ConfigCommand.self,
         ]
     )
 

@@ -13,7 +13,9 @@ final class LockedFlag: Sendable {
     func setOnce() -> Bool { value.withLock { was in defer { was = true }; return !was } }
 }
 
-/// Where the broker and Redis are: flags first, then `MQTT_URL`/`REDIS_URL`, then the local defaults.
+/// Where the broker and Redis are: flags first, then `MQTT_URL`/`REDIS_URL`, then the local defaults. Passwords may
+/// come from `MQTT_PASSWORD_FILE`/`REDIS_PASSWORD_FILE` instead of the URL (docker secrets); they never appear in
+/// errors or logs (endpoints print them as `***`).
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Broker URL, mqtt://[user[:pass]@]host[:port] or mqtts://… (default: $MQTT_URL or mqtt://127.0.0.1:1883).")
     var mqttURL: String?
@@ -29,18 +31,22 @@ struct ConnectionOptions: ParsableArguments {
     func mqttEndpoint() throws -> MQTTEndpoint {
         let url = mqttURL ?? environment["MQTT_URL"] ?? "mqtt://127.0.0.1:1883"
         do {
-            return try MQTTEndpoint(url: url)
+            return try ConnectionSecrets.mqttEndpoint(
+                url: url, urlVariable: mqttURL != nil ? "--mqtt-url" : "MQTT_URL",
+                passwordFile: environment["MQTT_PASSWORD_FILE"].flatMap { $0.isEmpty ? nil : $0 })
         } catch {
-            throw ValidationError("MQTT_URL / --mqtt-url: \(error)")
+            throw ValidationError("\(error)")
         }
     }
 
     func redisEndpoint() throws -> RedisEndpoint {
         let url = redisURL ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
         do {
-            return try RedisEndpoint(url: url)
+            return try ConnectionSecrets.redisEndpoint(
+                url: url, urlVariable: redisURL != nil ? "--redis-url" : "REDIS_URL",
+                passwordFile: environment["REDIS_PASSWORD_FILE"].flatMap { $0.isEmpty ? nil : $0 })
         } catch {
-            throw ValidationError("REDIS_URL / --redis-url: \(error)")
+            throw ValidationError("\(error)")
         }
     }
 
