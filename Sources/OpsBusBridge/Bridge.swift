@@ -44,6 +44,8 @@ public final class Bridge: Sendable {
     /// After a rejection, messages are rejected until this instant; see `handle`.
     private let rejectingUntil = Mutex<ContinuousClock.Instant?>(nil)
     private let logger: Logger
+    /// What `/metrics` shows of this process (see `BridgeObservability`).
+    public let metrics = BridgeMetrics()
 
     /// Validates the configuration, opens (and recovers) the journal and creates the MQTT client. No network yet.
     public init(configuration: BridgeConfiguration, logger: Logger = Logger(label: "opsbus.bridge")) throws {
@@ -69,6 +71,18 @@ public final class Bridge: Sendable {
 
     public var statistics: BridgeStatistics { counters.value.withLock { $0 } }
 
+    /// Seconds since the oldest journaled record not yet in Redis arrived (nil when none is pending), for `/metrics`.
+    public var oldestPendingAgeSeconds: Double? {
+        let committed = journal.committed
+        guard journal.appendedEnd > committed,
+              let entry = try? journal.read(from: committed, maxRecords: 1, maxBytes: 4096).entries.first
+        else { return nil }
+        return max(0, Double(EventTimestamp.now().millisecondsSinceEpoch - entry.record.receivedAtMilliseconds) / 1000)
+    }
+
+    /// True while the MQTT connection is up (readiness).
+    public var isBrokerConnected: Bool { client.isConnected }
+
     /// The journal's committed position and bytes in use (for tests and `opsbus streams`).
     public var journalState: (committed: JournalPosition, appended: JournalPosition, usedBytes: Int64) {
         (journal.committed, journal.appendedEnd, journal.usedBytes)
@@ -84,6 +98,8 @@ public final class Bridge: Sendable {
             throw BridgeError.invalidConfiguration(reason: "Bridge.run() was already called; create a new Bridge to run again")
         }
         client.setMessageHandler { [self] message in handle(message) }
+        let watcher = Task { [client, metrics] in await metrics.count(client.connectionEvents) }
+        defer { watcher.cancel() }
         writer.start()
         do {
             try await client.connect(waitForBroker: true)

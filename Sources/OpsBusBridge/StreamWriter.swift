@@ -20,6 +20,8 @@ public struct BridgeStatistics: Sendable, Hashable {
     public var redisFailures = 0
     public var committed = JournalPosition(segment: 0, offset: 0)
     public var lastRedisError: String?
+    /// `entries` by the stream written to (the routes' streams), for `/metrics`.
+    public var entriesByStream: [String: Int] = [:]
 }
 
 /// Shared counters (handler thread and writer thread).
@@ -236,6 +238,7 @@ final class StreamWriter: @unchecked Sendable {
         }
         let replies = Array(allReplies.prefix(plans.count))
         var written = 0
+        var perStream: [String: Int] = [:]
         var duplicates = 0
         var sequenceDuplicates = 0
         var outOfOrder = 0
@@ -257,6 +260,7 @@ final class StreamWriter: @unchecked Sendable {
                 switch code {
                 case "w":
                     written += 1
+                    perStream[plan.stream, default: 0] += 1
                     advanced.insert(session.sessionID)
                 case "x":
                     deadLettered += 1
@@ -300,7 +304,10 @@ final class StreamWriter: @unchecked Sendable {
             case .null:
                 duplicates += 1
             default:
-                if case .deadLetter = plan.kind { deadLettered += 1 } else { written += 1 }
+                if case .deadLetter = plan.kind { deadLettered += 1 } else {
+                    written += 1
+                    perStream[plan.stream, default: 0] += 1
+                }
             }
         }
         if !rejected.isEmpty {
@@ -320,6 +327,7 @@ final class StreamWriter: @unchecked Sendable {
         }
         statistics.value.withLock {
             $0.entries += written
+            $0.entriesByStream.merge(perStream, uniquingKeysWith: +)
             $0.duplicates += duplicates
             $0.sequenceDuplicates += sequenceDuplicates
             $0.outOfOrder += outOfOrder

@@ -101,6 +101,7 @@ struct BridgeCommand: AsyncParsableCommand {
     var noAcks = false
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var http: HTTPOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -134,6 +135,9 @@ struct BridgeCommand: AsyncParsableCommand {
             "routes": "\(routes.map(\.description).joined(separator: " "))", "client_id": "\(configuration.clientID)",
             "journal": "\(configuration.journalDirectory)",
         ])
+        let endpoints = try http.resolve().map { BridgeObservability(bridge: bridge, host: $0.host, port: $0.port, logger: logger) }
+        do { try endpoints?.start() } catch { throw CLIError("--http-port: \(error)") }
+        defer { endpoints?.stop() }
         let task = Task { try await bridge.run() }
         let signals = SignalCanceller { _ in task.cancel() }
         defer { signals.cancel() }

@@ -32,7 +32,12 @@ struct CommonOptions: ParsableArguments {
     @Option(name: .long, help: "Log level (trace … critical). Default: $OPSBUS_LOG_LEVEL or notice.")
     var logLevel: String?
 
-    @Flag(name: .long, help: "Log as JSON lines instead of text.")
+    @Option(name: .long, help: ArgumentHelp(
+        "Log format: text, or json for one JSON object per line (level, label, message, metadata). Default: $OPSBUS_LOG_FORMAT or text.",
+        valueName: "text|json"))
+    var logFormat: String?
+
+    @Flag(name: .long, help: "Same as --log-format json.")
     var logJSON = false
 
     /// Sets up swift-log once for the process; returns the logger for `label`.
@@ -42,7 +47,11 @@ struct CommonOptions: ParsableArguments {
             throw ValidationError(
                 "invalid log level '\(name)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
         }
-        LoggingBootstrap.once(json: logJSON)
+        let format = logJSON ? "json" : (logFormat ?? ProcessInfo.processInfo.environment["OPSBUS_LOG_FORMAT"] ?? "text")
+        guard ["text", "json"].contains(format.lowercased()) else {
+            throw ValidationError("--log-format / OPSBUS_LOG_FORMAT: expected text or json, not '\(format)'")
+        }
+        LoggingBootstrap.once(json: format.lowercased() == "json")
         var logger = Logger(label: label)
         logger.logLevel = level
         return logger

@@ -74,6 +74,7 @@ struct ProcessorCommand: AsyncParsableCommand {
     var streamGroup: String = "opsbus-processor"
 
     @OptionGroup var connection: ConnectionOptions
+    @OptionGroup var http: HTTPOptions
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
@@ -121,6 +122,9 @@ struct ProcessorCommand: AsyncParsableCommand {
         }
         let processor: EventProcessor
         do { processor = try EventProcessor(configuration: configuration, logger: logger) } catch { throw CLIError("\(error)") }
+        let endpoints = try http.resolve().map { ProcessorObservability(processor: processor, host: $0.host, port: $0.port, logger: logger) }
+        do { try endpoints?.start() } catch { throw CLIError("--http-port: \(error)") }
+        defer { endpoints?.stop() }
         let task = Task { try await processor.run() }
         let signals = SignalCanceller { _ in task.cancel() }
         defer { signals.cancel() }

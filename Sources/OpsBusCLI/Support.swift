@@ -60,29 +60,6 @@ struct ConnectionOptions: ParsableArguments {
     }
 }
 
-/// A log handler that writes one JSON object per line to stderr, for log shippers.
-struct JSONLogHandler: LogHandler {
-    let label: String
-    var logLevel: Logger.Level = .info
-    var metadata: Logger.Metadata = [:]
-
-    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-        get { metadata[key] }
-        set { metadata[key] = newValue }
-    }
-
-    func log(event: LogEvent) {
-        var object: JSONObject = [
-            "time": .string(EventTimestamp.now().iso8601), "level": .string(event.level.rawValue),
-            "logger": .string(label), "message": .string("\(event.message)"),
-        ]
-        for (key, value) in self.metadata.merging(event.metadata ?? [:], uniquingKeysWith: { $1 }) {
-            object[key] = .string("\(value)")
-        }
-        FileHandle.standardError.write(Data((JSONValue.object(object).serialized() + "\n").utf8))
-    }
-}
-
 /// Runs `onSignal` on SIGINT/SIGTERM, so commands shut down cleanly (stop taking messages, disconnect, stop servers).
 ///
 /// `@unchecked Sendable`: the sources are set once in `init` and never mutated; cancelling a dispatch source is

@@ -15,10 +15,14 @@ final class EventApplier {
     /// Called with each outcome once it is in Redis and before it is counted there, so in-memory counters never
     /// lag the stats hash.
     private let onApplied: @Sendable (ApplyResult) -> Void
+    /// Prometheus counters and the latency histogram (`/metrics`).
+    private let metrics: ProcessorMetrics?
 
-    init(configuration: ProcessorConfiguration, logger: Logger, onApplied: @escaping @Sendable (ApplyResult) -> Void) {
+    init(configuration: ProcessorConfiguration, logger: Logger, metrics: ProcessorMetrics? = nil,
+         onApplied: @escaping @Sendable (ApplyResult) -> Void) {
         self.configuration = configuration
         self.logger = logger
+        self.metrics = metrics
         self.onApplied = onApplied
     }
 
@@ -37,15 +41,20 @@ final class EventApplier {
 
     func apply(topic: String, payload: [UInt8]) -> ApplyResult {
         let plan: RedisPlan
+        let envelope: EventEnvelope?
         switch validate(topic: topic, payload: payload) {
-        case .success(let (envelope, subject)):
-            plan = RedisPlan(envelope: envelope, subject: subject, topic: topic, payload: payload,
+        case .success(let (valid, subject)):
+            envelope = valid
+            plan = RedisPlan(envelope: valid, subject: subject, topic: topic, payload: payload,
                              configuration: configuration)
         case .failure(let reason):
+            envelope = reason.envelope
             plan = RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
                              sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) })
         }
-        return execute(plan)
+        let result = execute(plan)
+        metrics?.record(result, eventType: envelope?.eventType, timestamp: envelope?.timestamp)
+        return result
     }
 
     /// Parses and checks a message; the failure string is the dead-letter reason.
@@ -106,6 +115,7 @@ final class EventApplier {
                                              payload: plan.payload, keys: keys, sequence: plan.sequence))
                 default:
                     failures += 1
+                    metrics?.redisErrors.increment()
                     redis?.close()
                     redis = nil
                     if Date() >= deadline { return .retryLater(reason: "\(error)") }

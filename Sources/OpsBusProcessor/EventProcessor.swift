@@ -23,6 +23,8 @@ public final class EventProcessor: Sendable {
     private let subscribed = Mutex(false)
     private let notifications: NotificationSink?
     private let deliverer: WebhookDeliverer?
+    /// What `/metrics` shows of this process (see `ProcessorObservability`).
+    public let metrics = ProcessorMetrics()
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
         throws(ProcessorError)
@@ -43,7 +45,7 @@ public final class EventProcessor: Sendable {
         }
         let counterState = CounterBox()
         self.counterState = counterState
-        applier = Mutex(EventApplier(configuration: configuration, logger: logger) { result in
+        applier = Mutex(EventApplier(configuration: configuration, logger: logger, metrics: metrics) { result in
             counterState.record(result)
         })
         if configuration.webhooks.isEmpty || !configuration.userNotifications {
@@ -75,6 +77,9 @@ public final class EventProcessor: Sendable {
     /// True once the subscriptions are in place: from then on the broker keeps events for this processor's session.
     public var isSubscribed: Bool { subscribed.withLock { $0 } }
 
+    /// True while the MQTT connection is up (readiness).
+    public var isBrokerConnected: Bool { client.isConnected }
+
     /// Connects to Redis and the broker, subscribes, and processes events until the task is cancelled; then stops
     /// taking messages (the one being applied finishes first) and disconnects.
     public func run() async throws(ProcessorError) {
@@ -100,6 +105,7 @@ public final class EventProcessor: Sendable {
         let scheduled = ScheduledActions(configuration: configuration, logger: logger)
         await withTaskGroup(of: Void.self) { group in
             group.addTask { await relay.run() }
+            group.addTask { [client, metrics] in await metrics.count(client.connectionEvents) }
             group.addTask { await scheduled.run() }
             if let deliverer { group.addTask { await deliverer.run() } }
             if configuration.automation && configuration.patternAnalysisInterval > 0 {
