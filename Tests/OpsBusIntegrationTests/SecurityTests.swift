@@ -341,7 +341,7 @@ struct SecretOutputTests {
             for command in commands {
                 let child = try ChildProcess(try opsbusExecutable(), command + ["--log-level", "debug"], environment: environment)
                 // Services retry a refused connection: give them time to log a few attempts, then stop them.
-                let deadline = Date().addingTimeInterval(8)
+                let deadline = Date().addingTimeInterval(5)
                 while child.isRunning && Date() < deadline { try await Task.sleep(for: .milliseconds(100)) }
                 if child.isRunning { child.signal(SIGKILL) }
                 _ = try? await child.wait(timeout: 10)
