@@ -272,6 +272,7 @@ class Bench:
         s.fresh_broker()
         procs, done = self.start_consumer(consumer, events, instances=instances)
         cpu0 = {p.pid: proc_cpu(p.pid) for p in procs}
+        servers0 = (proc_cpu(s.mqtt_proc.pid), proc_cpu(s.redis_proc.pid))
         rss_peak = 0.0
         t0 = time.time()
         pub = subprocess.Popen([self.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n", str(events),
@@ -288,6 +289,9 @@ class Bench:
                 rss_peak = max(rss_peak, sum(proc_rss_mib(p.pid) or 0 for p in procs))
             time.sleep(0.01)
         cpu1 = {p.pid: proc_cpu(p.pid) for p in procs}
+        servers1 = (proc_cpu(s.mqtt_proc.pid), proc_cpu(s.redis_proc.pid))
+        extra["broker_cpu_us_per_event"] = (servers1[0] - servers0[0]) * 1e6 / events
+        extra["redis_cpu_us_per_event"] = (servers1[1] - servers0[1]) * 1e6 / events
         rss = sum(proc_rss_mib(p.pid) or 0 for p in procs)
         pub_out, pub_err = pub.communicate(timeout=120)
         if consumer == "c-sub":
@@ -352,6 +356,8 @@ class Bench:
                                   ("QoS 1 + spool, durability never", 1, "never"),
                                   ("QoS 1 + spool, durability always", 1, "always")):
             def o_run(run, qos=qos, spool=spool):
+                # fdatasync per event: a tenth of the events keeps the run short (rates, not totals, compare)
+                n = self.args.events // 10 if spool == "always" else self.args.events
                 s.fresh_broker()
                 spool_dir = tempfile.mkdtemp(prefix="spool-", dir=self.work)
                 result = self.run_json([self.tool("opsbus-bench"), "publish", "--mqtt-url", s.mqtt_url, "--events",
@@ -376,7 +382,8 @@ class Bench:
                                                             size=size))
         o_cpu = statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")])
         self.row(f"{label}, {n} ev: opsbus bridge", self.figures(o), "C subscriber", limit, cpu=o_cpu,
-                 note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB")
+                 note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB; "
+                      f"redis-server {statistics.median(self.figures(o, 'redis_cpu_us_per_event') or [0]):.0f} µs/ev")
         if python:
             p = self.repeat("p", lambda run: self.delivery_run(f"{label}: Python bridge", run, "python-bridge", load,
                                                                 n, size=size))
@@ -400,7 +407,9 @@ class Bench:
                                                                 load, events, instances=instances))
             self.row(f"processor mix: opsbus processor ×{instances}", self.figures(o), "C subscriber", limit,
                      cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
-                     note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total")
+                     note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total; "
+                          f"redis-server {statistics.median(self.figures(o, 'redis_cpu_us_per_event') or [0]):.0f} "
+                          f"µs/ev, mosquitto {statistics.median(self.figures(o, 'broker_cpu_us_per_event') or [0]):.0f}")
 
     def scenario_latency(self):
         s = self.servers
@@ -446,8 +455,8 @@ class Bench:
         s = self.servers
         minutes = self.args.soak_minutes
         rate = self.args.soak_rate
-        n = int(rate * minutes * 60)
-        load = self.load_file("lifecycle", n)
+        load = self.load_file("lifecycle", int(rate * minutes * 60))
+        n = sum(1 for _ in open(load))
         s.fresh_broker()
         journal = tempfile.mkdtemp(prefix="journal-", dir=self.work)
         bridge = self.spawn([self.tool("opsbus"), "bridge", "--route", "jobs/#=events:jobs", "--journal", journal,

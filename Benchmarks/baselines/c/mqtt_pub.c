@@ -11,7 +11,7 @@
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static long outstanding = 0, completed = 0;
-static int connected = 0;
+static int connected = 0, waiting = 0;
 
 static void on_connect(struct mosquitto *m, void *u, int rc) {
     (void)m; (void)u;
@@ -26,7 +26,7 @@ static void on_publish(struct mosquitto *m, void *u, int mid) {
     pthread_mutex_lock(&lock);
     outstanding--;
     completed++;
-    pthread_cond_broadcast(&cond);
+    if (waiting) pthread_cond_broadcast(&cond);
     pthread_mutex_unlock(&lock);
 }
 
@@ -53,13 +53,12 @@ int main(int argc, char **argv) {
     if (count < 0) count = (long)load.count;
     mosquitto_lib_init();
     struct mosquitto *m = mosquitto_new(client_id, true, NULL);
-    mosquitto_threaded_set(m, true);
     mosquitto_int_option(m, MOSQ_OPT_SEND_MAXIMUM, inflight);
     mosquitto_max_inflight_messages_set(m, inflight);
     mosquitto_connect_callback_set(m, on_connect);
     mosquitto_publish_callback_set(m, on_publish);
     if (mosquitto_connect(m, "127.0.0.1", port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); return 1; }
-    mosquitto_loop_start(m);
+    if (mosquitto_loop_start(m) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "loop_start failed\n"); return 1; }
     pthread_mutex_lock(&lock);
     while (connected == 0) pthread_cond_wait(&cond, &lock);
     pthread_mutex_unlock(&lock);
@@ -77,7 +76,7 @@ int main(int argc, char **argv) {
             clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL);
         }
         pthread_mutex_lock(&lock);
-        while (outstanding >= window) pthread_cond_wait(&cond, &lock);
+        while (outstanding >= window) { waiting = 1; pthread_cond_wait(&cond, &lock); waiting = 0; }
         outstanding++;
         pthread_mutex_unlock(&lock);
         int qos = qos_override >= 0 ? qos_override : msg->qos;
@@ -85,7 +84,7 @@ int main(int argc, char **argv) {
         if (rc != MOSQ_ERR_SUCCESS) { fprintf(stderr, "publish: %s\n", mosquitto_strerror(rc)); return 1; }
     }
     pthread_mutex_lock(&lock);
-    while (outstanding > 0) pthread_cond_wait(&cond, &lock);
+    while (outstanding > 0) { waiting = 1; pthread_cond_wait(&cond, &lock); waiting = 0; }
     pthread_mutex_unlock(&lock);
     double seconds = now_mono() - t0, cpu = cpu_self() - cpu0;
     printf("{\"events\":%ld,\"seconds\":%.6f,\"rate\":%.1f,\"cpu_us_per_event\":%.3f,\"end_realtime\":%.6f}\n", count,
