@@ -121,7 +121,17 @@ public enum ChildLauncher {
     /// out with `alarm()`, which a blocked SIGALRM silently disables).
     static let terminationSignals = [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM]
 
+    /// One launch at a time, process-wide. Foundation's `Process.run()` on Linux creates the socket pair that tells
+    /// it a child has exited without close-on-exec and closes the child's end only after the spawn; a child launched
+    /// concurrently from another thread inherits that end and holds it open. The first child's exit then goes
+    /// unnoticed until the second one exits, and `waitUntilExit()` hangs — with the cooperative threads blocked in
+    /// it, a whole test run stalled (seen with dozens of servers started in parallel). Launching is fast; waiting is
+    /// not serialized.
+    private static let launchLock = NSLock()
+
     public static func run(_ process: Process) throws {
+        launchLock.lock()
+        defer { launchLock.unlock() }
         var signals = sigset_t()
         var previous = sigset_t()
         sigemptyset(&signals)

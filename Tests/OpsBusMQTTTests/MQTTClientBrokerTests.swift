@@ -441,7 +441,7 @@ struct MQTTClientSecurityTests {
         let tool = Process()
         tool.executableURL = URL(fileURLWithPath: "/usr/bin/mosquitto_passwd")
         tool.arguments = ["-b", "-c", passwordFile.path, "alice", "s3cret:@/"]
-        try withTerminationSignalsUnblocked { try tool.run() }
+        try ChildLauncher.run(tool)
         tool.waitUntilExit()
         var configuration = MosquittoConfiguration()
         configuration.extraLines = ["allow_anonymous false", "password_file \(passwordFile.path)"]
@@ -500,7 +500,7 @@ struct MQTTClientSecurityTests {
         ]
         openssl.standardOutput = FileHandle.nullDevice
         openssl.standardError = FileHandle.nullDevice
-        try withTerminationSignalsUnblocked { try openssl.run() }
+        try ChildLauncher.run(openssl)
         openssl.waitUntilExit()
         try #require(openssl.terminationStatus == 0)
 

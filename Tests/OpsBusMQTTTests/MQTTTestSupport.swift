@@ -110,7 +110,7 @@ final class MosquittoSubProcess: Sendable {
         ]
         process.standardOutput = output
         process.standardError = output
-        try withTerminationSignalsUnblocked { try process.run() }
+        try ChildLauncher.run(process)
     }
 
     var output: String { (try? String(contentsOf: outputFile, encoding: .utf8)) ?? "" }
@@ -150,7 +150,7 @@ final class FixedPortBroker: Sendable {
         process.arguments = ["-c", config.path]
         process.standardOutput = try FileHandle(forWritingTo: log)
         process.standardError = process.standardOutput
-        try withTerminationSignalsUnblocked { try process.run() }
+        try ChildLauncher.run(process)
     }
 
     func waitUntilListening() async -> Bool {
