@@ -32,7 +32,7 @@ enum ProcessorTestKit {
             let processor = try EventProcessor(configuration: configuration, logger: testLogger)
             self.processor = processor
             task = Task { try await processor.run() }
-            try #require(try await waitUntil(timeout: 30) { processor.isSubscribed }, "processor did not subscribe")
+            try #require(try await waitUntil(timeout: 90) { processor.isSubscribed }, "processor did not subscribe")
         }
 
         var counters: ProcessorCounters { processor.counters }

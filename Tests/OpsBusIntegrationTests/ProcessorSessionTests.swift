@@ -162,7 +162,7 @@ struct ProcessorSessionTests {
 
     @Test("a birth of the same session within the grace brings the worker back: link_down, no failover; one that stays away is failed over")
     func sameSessionBirthWithinGrace() async throws {
-        let processor = try await RunningProcessor.start(servers) { $0.workerLinkGrace = 2 }
+        let processor = try await RunningProcessor.start(servers) { $0.workerLinkGrace = 8 }  // long enough for a loaded CI box
         let redis = try servers.redisConnection()
         let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "session-link-back")
         let back = try Session(worker: "gpu-back")
@@ -198,7 +198,7 @@ struct ProcessorSessionTests {
 
     @Test("a birth from a new session is a restart: the old session's late completion wins, its other job fails over after the grace, the new session's job stays")
     func newSessionRestart() async throws {
-        let processor = try await RunningProcessor.start(servers) { $0.workerLinkGrace = 2 }
+        let processor = try await RunningProcessor.start(servers) { $0.workerLinkGrace = 8 }  // long enough for a loaded CI box
         let redis = try servers.redisConnection()
         let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "session-restart")
         let old = try Session(worker: "gpu-re")

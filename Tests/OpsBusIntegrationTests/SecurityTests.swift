@@ -253,7 +253,7 @@ struct SecurityTests {
         #expect(result.status == 0, "stderr: \(result.stderr)")
         #expect(!result.stderr.contains("not yet acknowledged"), "the bridge's ack reached w1: \(result.stderr)")
         let redis = try RedisConnection(endpoint: try RedisEndpoint(url: servers.redisURL))
-        #expect(try await waitUntil(timeout: 30) {
+        #expect(try await waitUntil(timeout: 90) {
             try redis.command(["HGET", "job:{j-sec-1}", "status"]).string == "processing"
         }, "processor stderr: \(processor.stderr.suffix(2000))")
         #expect(try redis.command(["XLEN", "events:jobs"]).int == 1, "bridge stderr: \(bridge.stderr.suffix(2000))")
