@@ -153,7 +153,7 @@ struct LossyLinkTests {
         let first = try pump(rig, worker: "edge-kill-backlog", jobs: total, rate: 40)
         try await first.waitForAccepted(150, timeout: 60)
         let hole = try NftablesLoss.blackHole(rig.namespace)
-        try await first.waitForAccepted(230, timeout: 60)
+        try await first.waitForAccepted(max(230, first.accepted.count + 40), timeout: 60)
         first.child.killHard()
         try hole.remove()
         let backlog = first.accepted.count - (try rig.written(first.accepted))
@@ -233,7 +233,7 @@ struct LossyLinkTests {
         let crashed = try pump(rig, worker: worker, jobs: 100, firstJob: 20, rate: 40)
         try await crashed.waitForAccepted(60, timeout: 60)
         let hole = try NftablesLoss.blackHole(rig.namespace)
-        try await crashed.waitForAccepted(120, timeout: 60)
+        try await crashed.waitForAccepted(max(120, crashed.accepted.count + 40), timeout: 60)
         crashed.child.killHard()
         try hole.remove()
         let resumeAt = crashed.lastAcceptedJobIndex + 1
