@@ -15,8 +15,12 @@ final class DelayProxy: Sendable {
     private let listener: Int32
     private let state = Mutex(State())
 
+    /// Every descriptor is shut down and closed under this lock: a descriptor number closed by one thread and then
+    /// shut down by another could by then belong to someone else (Foundation's process-exit socket, say), and a
+    /// stray shutdown there makes `Process.waitUntilExit` wait forever.
     private struct State {
         var stopped = false
+        var listenerClosed = false
         var connections: [Int32] = []
         var accepted = 0
     }
@@ -53,19 +57,23 @@ final class DelayProxy: Sendable {
 
     /// Stops accepting and cuts every connection (threads see EOF and end; descriptors are closed by their owners).
     func stop() {
-        let fds: [Int32] = state.withLock { state in
-            guard !state.stopped else { return [] }
+        state.withLock { state in
+            guard !state.stopped else { return }
             state.stopped = true
-            return state.connections
+            if !state.listenerClosed { shutdown(listener, Int32(SHUT_RDWR)) }
+            for fd in state.connections { shutdown(fd, Int32(SHUT_RDWR)) }
         }
-        shutdown(listener, Int32(SHUT_RDWR))
-        for fd in fds { shutdown(fd, Int32(SHUT_RDWR)) }
     }
 
     deinit { stop() }
 
     private func acceptLoop() {
-        defer { close(listener) }
+        defer {
+            state.withLock { state in
+                state.listenerClosed = true
+                close(listener)
+            }
+        }
         while true {
             let client = accept(listener, nil, nil)
             if client < 0 {
@@ -99,9 +107,11 @@ final class DelayProxy: Sendable {
             let remaining = Mutex(2)
             let finished: @Sendable () -> Void = { [self] in
                 guard remaining.withLock({ count in count -= 1; return count == 0 }) else { return }
-                state.withLock { $0.connections.removeAll { $0 == client || $0 == upstream } }
-                close(client)
-                close(upstream)
+                state.withLock { state in
+                    state.connections.removeAll { $0 == client || $0 == upstream }
+                    close(client)
+                    close(upstream)
+                }
             }
             DelayedPipe(from: client, to: upstream, delay: delay, finished: finished).start()
             DelayedPipe(from: upstream, to: client, delay: delay, finished: finished).start()
