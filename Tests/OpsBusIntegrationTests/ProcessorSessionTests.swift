@@ -310,11 +310,7 @@ struct ProcessorSessionTests {
         await processor.stop()
     }
 
-    @Test("a gap that stays open is reported once (log, gaps_expired, opsbus health); one that closes quickly is not",
-          .disabled("""
-              Failed in 2 of the last 3 clean-clone runs (the second gap is not counted as opened; session 2 notes):
-              under investigation. Gap opening, closing and declared drops stay covered by gapOpensAndCloses.
-              """))
+    @Test("a gap that stays open is reported once (log, gaps_expired, opsbus health); one that closes quickly is not")
     func expiredGapReportedOnce() async throws {
         let redis = try servers.redisConnection()
         let executable = try opsbusExecutable()
@@ -327,35 +323,46 @@ struct ProcessorSessionTests {
         let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "session-expiry")
         let lossy = try Session(worker: "gpu-lossy")
         let quick = try Session(worker: "gpu-quick")
-        try await Kit.publish([try lossy.sequenced(1), try lossy.sequenced(3),
-                               try quick.sequenced(1), try quick.sequenced(3), try quick.sequenced(2)], with: raw)
-        #expect(try await waitUntil(timeout: 30) { try self.stat("gaps_expired", redis) == 1 })
+
+        // A transient gap: seq 2 arrives right after 3. It is reported only if the processor applied 3 and 2 more
+        // than the report delay apart, which a stall on a loaded machine can cause (that report would be right).
+        // So the "not reported" check holds only when the closure is seen within the delay of publishing.
+        let published = ContinuousClock.now
+        try await Kit.publish([try quick.sequenced(1), try quick.sequenced(3), try quick.sequenced(2)], with: raw)
+        #expect(try await waitUntil { try self.stat("gaps_closed", redis) == 1 })
+        let quickClosedInTime = ContinuousClock.now - published < .milliseconds(2800)
+        try await Kit.publish([try lossy.sequenced(1), try lossy.sequenced(3)], with: raw)
+        #expect(try await waitUntil { try self.hash(keys.publisher("gpu-lossy"), redis)["gaps_expired"] == "1" })
 
         // A second gap, opened after the first was reported: once it is reported too, the sweep has run again
         // over the first one, which must not have been counted twice.
         let later = try Session(worker: "gpu-later")
         try await Kit.publish([try later.sequenced(1), try later.sequenced(4)], with: raw)
-        #expect(try await waitUntil(timeout: 30) { try self.stat("gaps_expired", redis) == 2 })
+        #expect(try await waitUntil { try self.hash(keys.publisher("gpu-later"), redis)["gaps_expired"] == "1" })
+        let quickReports: Int64 = quickClosedInTime ? 0 : (try stat("gaps_expired", redis) == 3 ? 1 : 0)
+        #expect(try stat("gaps_expired", redis) == 2 + quickReports)
         #expect(try stat("gaps_opened", redis) == 3, "lossy, quick and later each opened one")
         #expect(try stat("gaps_closed", redis) == 1, "quick's closed at once")
         #expect(try hash(keys.publisher("gpu-lossy"), redis)["gaps_expired"] == "1")
-        #expect(try hash(keys.publisher("gpu-quick"), redis)["gaps_expired"] == nil, "a transient gap is not reported")
+        if quickClosedInTime {
+            #expect(try hash(keys.publisher("gpu-quick"), redis)["gaps_expired"] == nil, "a transient gap is not reported")
+        }
         let warnings = processor.stderr.split(separator: "\n").filter { $0.contains("sequence gap stayed open") }
         #expect(warnings.filter { $0.contains(lossy.sessionID) }.count == 1, "\(warnings)")
         #expect(warnings.filter { $0.contains(later.sessionID) && $0.contains("2…3") }.count == 1, "\(warnings)")
-        #expect(!warnings.contains { $0.contains(quick.sessionID) })
+        #expect(warnings.filter { $0.contains(quick.sessionID) }.count == Int(quickReports), "\(warnings)")
 
         let url = ["--redis-url", servers.redisURL]
         let json = try await run(executable, ["health", "--json"] + url)
         #expect(json.status == 1, "recent lost events degrade the verdict: \(json.stdout)")
         let document = try JSONValue.parse(json.stdout)
         let gaps = document["sequence"]?["expired_gaps"]?.arrayValue ?? []
-        #expect(gaps.count == 2, "\(json.stdout)")
+        #expect(gaps.count == 2, "quick's gap, reported or not, is closed: \(json.stdout)")
         let lossyGap = gaps.first { $0["session_id"]?.stringValue == lossy.sessionID }
         #expect(lossyGap?["owner"]?.stringValue == "gpu-lossy")
         #expect(lossyGap?["first_seq"]?.intValue == 2 && lossyGap?["last_seq"]?.intValue == 2)
         #expect(lossyGap?["age_seconds"]?.doubleValue.map { $0 >= 0 } == true)
-        #expect(document["sequence"]?["gaps_expired"]?.intValue == 2)
+        #expect(document["sequence"]?["gaps_expired"]?.intValue == 2 + quickReports)
         let text = try await run(executable, ["health"] + url)
         #expect(text.stdout.contains("gpu-lossy session \(lossy.sessionID): seq 2 missing"), "\(text.stdout)")
         #expect(text.stdout.contains("gpu-later session \(later.sessionID): seq 2…3 missing (2 events)"), "\(text.stdout)")
@@ -365,7 +372,7 @@ struct ProcessorSessionTests {
         #expect(try await waitUntil { try self.stat("gaps_closed", redis) == 2 })
         let after = try ProcessorHealth.read(redis: redis, keys: keys)
         #expect(after.expiredGaps.map(\.sessionID) == [later.sessionID])
-        #expect(after.sequenceCounters["gaps_expired"] == 2)
+        #expect(after.sequenceCounters["gaps_expired"] == 2 + quickReports)
         await raw.disconnect()
         processor.signal(SIGTERM)
         _ = try? await processor.wait(timeout: 20)
