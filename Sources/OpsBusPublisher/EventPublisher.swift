@@ -20,7 +20,8 @@ public final class EventPublisher: Sendable {
     private let delivery: SpooledDelivery?
     private let births: BirthDeathCounter
     /// Keeps spooled events in `seq` order on disk: `seq` is assigned and the record appended under it.
-    private let appendGate = SerialGate()
+    /// Held while an event gets its `seq` and is written to the spool (both synchronous).
+    private let appendLock = Mutex(())
     private let connectionWatcher = Mutex<Task<Void, Never>?>(nil)
     /// Connections whose birth went out (or was attempted); `connect` waits for the first so it precedes any event.
     private let birthsSent = Mutex(0)
@@ -249,26 +250,33 @@ public final class EventPublisher: Sendable {
         return prepared.envelope
     }
 
-    /// Prepares the event and appends it to the spool, both under `appendGate` so `seq` order is spool order.
+    /// Prepares the event and writes it to the spool under `appendLock`, so `seq` order is spool order; then waits
+    /// for durability outside the lock, so concurrent publishers share one fdatasync (group commit). A failure
+    /// after the lock (the sync failed, no room) leaves the seq declared dropped by the spool, never reused.
     private func spool(
         _ eventType: EventType, fields: JSONObject, subject: Identifier?, options: EventFactory.Options,
         into delivery: SpooledDelivery
     ) async throws(EventPublisherError) -> EventFactory.Prepared {
-        await appendGate.enter()
-        defer { appendGate.leave() }
-        let prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
-        let record = SpoolRecord(
-            sessionID: prepared.envelope.sessionID, seq: prepared.envelope.seq, topic: prepared.topic,
-            payload: prepared.envelope.encoded(), qos: UInt8(prepared.delivery.qos.rawValue),
-            retain: prepared.delivery.retain, priority: Self.spoolPriority(eventType, delivery: prepared.delivery),
-            coalesceKey: Self.coalesceKey(prepared.envelope))
-        do {
-            _ = try await delivery.spool.append(record)
-        } catch {
-            factory.returnSequence(prepared.envelope.seq)
-            throw .spool(error)
+        let (prepared, ticket) = try appendLock.withLock { _ throws(EventPublisherError) in
+            let prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
+            let record = SpoolRecord(
+                sessionID: prepared.envelope.sessionID, seq: prepared.envelope.seq, topic: prepared.topic,
+                payload: prepared.envelope.encoded(), qos: UInt8(prepared.delivery.qos.rawValue),
+                retain: prepared.delivery.retain, priority: Self.spoolPriority(eventType, delivery: prepared.delivery),
+                coalesceKey: Self.coalesceKey(prepared.envelope))
+            do throws(SpoolError) {
+                return (prepared, try delivery.spool.write(record))
+            } catch {
+                factory.returnSequence(prepared.envelope.seq)
+                throw .spool(error)
+            }
         }
         delivery.wake()
+        do throws(SpoolError) {
+            _ = try await ticket.outcome()
+        } catch {
+            throw .spool(error)
+        }
         return prepared
     }
 

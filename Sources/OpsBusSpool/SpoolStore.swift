@@ -147,8 +147,10 @@ struct SpoolStore {
         index.apply(record, segment: segment, size: bytes.count)
     }
 
-    func validateOrder(_ record: SpoolRecord) throws(SpoolError) {
-        if let last = index.sessions[record.sessionID]?.lastSeq, record.seq <= last {
+    /// `queued`: the session's latest record still waiting in the queue of appends that need room, if any.
+    func validateOrder(_ record: SpoolRecord, queued: UInt64? = nil) throws(SpoolError) {
+        let last = max(index.sessions[record.sessionID]?.lastSeq ?? 0, queued ?? 0)
+        if last > 0, record.seq <= last {
             throw .invalidRecord("seq \(record.seq) of session \(record.sessionID) is not above its last seq \(last)")
         }
     }

@@ -159,23 +159,26 @@ struct LossyLinkTests {
         let backlog = first.accepted.count - (try rig.written(first.accepted))
         #expect(backlog > 0, "the first run left accepted events that never reached Redis (the case under test)")
         let resumeAt = first.lastAcceptedJobIndex + 1
-        let second = try pump(rig, worker: "edge-kill-backlog", jobs: total - resumeAt, firstJob: resumeAt, rate: 40)
+        let second = try pump(rig, worker: "edge-kill-backlog", jobs: max(20, total - resumeAt), firstJob: resumeAt, rate: 40)
         linkLog("pump-kill9-backlog: first run accepted \(first.accepted.count) events, \(backlog) not in Redis at SIGKILL")
         try await finish("pump-kill9-backlog", rig, pumps: [first, second], started: started)
     }
 
     /// A run that dies while it waits for the last acknowledgements leaves only an earlier session behind; a run
     /// with nothing new to publish (`--jobs 0`) must still send it.
-    @Test("the pump killed while draining behind a black hole; a run with --jobs 0 sends the rest",
-          .disabled("flaky on a loaded 2-core CI box: the backlog precondition is sometimes not met (session 2 notes)"))
+    @Test("the pump killed while draining behind a black hole; a run with --jobs 0 sends the rest")
     func publisherKillWhileDraining() async throws {
         let started = ContinuousClock.now
         let rig = try LinkRig("pump-kill9-draining")
         defer { rig.tearDown() }
         try await rig.startBridge()
-        let first = try pump(rig, worker: "edge-kill-draining", jobs: 120, rate: 60)
-        try await first.waitForAccepted(120, timeout: 60)
+        // 360 events at 30/s: the hole goes in after the first 30, so even a stall of several seconds on a loaded
+        // box (the pump catches up in a burst) leaves events accepted behind the hole.
+        let first = try pump(rig, worker: "edge-kill-draining", jobs: 120, rate: 30)
+        try await first.waitForAccepted(30, timeout: 60)
         let hole = try NftablesLoss.blackHole(rig.namespace)
+        let acceptedBeforeHole = first.accepted.count
+        try #require(acceptedBeforeHole < 360, "the pump accepted everything before the hole went in (a stall of 11 s)")
         try await first.waitForAccepted(360, timeout: 60)
         try await Task.sleep(for: .seconds(1))
         first.child.killHard()
@@ -190,29 +193,29 @@ struct LossyLinkTests {
     /// Two crashed runs, each leaving unacknowledged events under its own session (the bridge is frozen, so the
     /// broker holds them but nothing is acknowledged): the third run re-sends both predecessors' sessions besides its
     /// own, the broker then delivers many events twice or three times, and the bridge must write each once, in order.
-    @Test("the pump killed twice while the bridge is frozen; the third run re-sends both earlier sessions",
-          .disabled("the third run sometimes accepts nothing for 60 s on a loaded box; cause not found yet (session 2 notes)"))
+    @Test("the pump killed twice while the bridge is frozen; the third run re-sends both earlier sessions")
     func publisherKilledTwiceWithBacklogs() async throws {
         let started = ContinuousClock.now
         let rig = try LinkRig("pump-kill9-twice")
         defer { rig.tearDown() }
         try await rig.startBridge()
         let worker = "edge-kill-twice"
-        let total = 200
-        let first = try pump(rig, worker: worker, jobs: total, rate: 40)
+        // The crashed runs get more jobs than they can publish before the kill, however late it comes on a loaded
+        // box (a run with nothing left to publish would only drain, and accept nothing); the third finishes.
+        let first = try pump(rig, worker: worker, jobs: 400, rate: 40)
         try await first.waitForAccepted(120, timeout: 60)
         rig.pauseBridge()
         try await first.waitForAccepted(max(200, first.accepted.count + 40), timeout: 60)
         first.child.killHard()
         let secondStart = first.lastAcceptedJobIndex + 1
-        let second = try pump(rig, worker: worker, jobs: total - secondStart, firstJob: secondStart, rate: 40)
+        let second = try pump(rig, worker: worker, jobs: 400, firstJob: secondStart, rate: 40)
         try await second.waitForAccepted(90, timeout: 60)
         second.child.killHard()
         let runs = [first, second]
         let backlog = runs.map(\.accepted.count).reduce(0, +) - (try rig.written(runs.flatMap(\.accepted)))
         #expect(backlog > 0, "the crashed runs left accepted events that were not in Redis (the case under test)")
         let thirdStart = second.lastAcceptedJobIndex + 1
-        let third = try pump(rig, worker: worker, jobs: total - thirdStart, firstJob: thirdStart, rate: 40)
+        let third = try pump(rig, worker: worker, jobs: 20, firstJob: thirdStart, rate: 40)
         try await third.waitForAccepted(30, timeout: 60)
         rig.resumeBridge()
         linkLog("pump-kill9-twice: runs accepted \(first.accepted.count) + \(second.accepted.count) events, \(backlog) not in Redis before the third run")
@@ -239,7 +242,7 @@ struct LossyLinkTests {
         crashed.child.killHard()
         try hole.remove()
         let resumeAt = crashed.lastAcceptedJobIndex + 1
-        let last = try pump(rig, worker: worker, jobs: 120 - resumeAt, firstJob: resumeAt, rate: 40)
+        let last = try pump(rig, worker: worker, jobs: max(10, 120 - resumeAt), firstJob: resumeAt, rate: 40)
         try await finish("stale-acks", rig, pumps: [clean, crashed, last], started: started)
         var stale: [String] = []
         _ = try await waitUntil(timeout: 10) {
@@ -283,8 +286,8 @@ struct LossyLinkTests {
         try await rig.startBridge()
         let loss = try NftablesLoss.apply(rig.namespace, percent: 15)
         let worker = "edge-chaos"
-        // Room to spare: on a loaded box the first run may get well past 400 events before the test kills it, and the
-        // second run must still have enough left to be mid-stream when the broker dies.
+        // Each crashed run gets more jobs than it publishes before its kill, however late the kill comes on a loaded
+        // box, so the second run is still mid-stream when the broker dies.
         let total = 800
         let first = try pump(rig, worker: worker, jobs: total, rate: 50)
         try await first.waitForAccepted(200, timeout: 60)
@@ -294,7 +297,7 @@ struct LossyLinkTests {
         try await first.waitForAccepted(400, timeout: 60)
         first.child.killHard()
         let secondStart = first.lastAcceptedJobIndex + 1
-        let second = try pump(rig, worker: worker, jobs: total - secondStart, firstJob: secondStart, rate: 50)
+        let second = try pump(rig, worker: worker, jobs: total, firstJob: secondStart, rate: 50)
         try await second.waitForAccepted(200, timeout: 60)
         rig.broker.kill()
         try await Task.sleep(for: .seconds(2))
@@ -302,7 +305,7 @@ struct LossyLinkTests {
         try await second.waitForAccepted(400, timeout: 60)
         second.child.killHard()
         let thirdStart = second.lastAcceptedJobIndex + 1
-        let third = try pump(rig, worker: worker, jobs: total - thirdStart, firstJob: thirdStart, rate: 0)
+        let third = try pump(rig, worker: worker, jobs: 100, firstJob: thirdStart, rate: 0)
         try await finish("chaos", rig, pumps: [first, second, third], started: started)
         #expect(try loss.droppedPackets() > 0, "the loss rules dropped packets while the pumps ran")
     }

@@ -342,7 +342,7 @@ struct SpoolOverflowTests {
         #expect(spool.declaredGapStart(sessionID: "s", before: firstSurvivor + 1) == nil)
     }
 
-    @Test("essential records are never dropped: a full spool throws .full and changes nothing")
+    @Test("essential records are never dropped: a full spool throws .full, drops nothing, and declares the refused seq")
     func essentialFull() async throws {
         let directory = TemporaryDirectory()
         defer { directory.remove() }
@@ -361,7 +361,7 @@ struct SpoolOverflowTests {
         }
         // Room is made from the droppable records first ...
         #expect(spool.pending(sessionID: "d").isEmpty)
-        #expect(spool.statistics.dropped == 2)
+        #expect(spool.statistics.dropped == 3, "the two droppable records, and the refused seq (below)")
         // ... then the spool refuses.
         guard case let .full(needed, _, path) = failure else {
             Issue.record("expected .full, got \(String(describing: failure))")
@@ -369,7 +369,18 @@ struct SpoolOverflowTests {
         }
         #expect(needed > 1000 && path == directory.path)
         let before = spool.pending()
-        #expect(seqs(before) == Array(1..<seq))
+        #expect(seqs(before) == Array(1..<seq), "no stored record was dropped for the refused one")
+        // The refused seq is declared (its writer may have numbered later events meanwhile): never used again, and
+        // the next record carries prev_seq for it.
+        #expect(spool.declaredGapStart(sessionID: "e", before: seq + 1) == seq - 1)
+        let reused = await spoolError { () async throws(SpoolError) in
+            try await spool.append(event("e", seq, bytes: 100, priority: .essential))
+        }
+        guard case .invalidRecord? = reused else {
+            Issue.record("a declared seq must not be accepted again, got \(String(describing: reused))")
+            return
+        }
+        seq += 1
         // A big record does not fit even though a small droppable one could be dropped: nothing is dropped.
         try spool.acknowledge(sessionID: "e", throughSeq: 3)
         try await spool.append(event("d", 3, bytes: 100, priority: .droppable))
@@ -378,10 +389,10 @@ struct SpoolOverflowTests {
         }
         #expect(big != nil)
         #expect(seqs(spool.pending(sessionID: "d")) == [3])
-        #expect(spool.statistics.dropped == 2)
+        #expect(spool.statistics.dropped == 4, "the two droppable records and the two refused seqs")
         // Acknowledgements make room again.
         try spool.acknowledge(sessionID: "e", throughSeq: 20)
-        #expect(try await spool.append(event("e", seq, bytes: 1000, priority: .essential)) == .appended)
+        #expect(try await spool.append(event("e", seq + 1, bytes: 1000, priority: .essential)) == .appended)
     }
 
     @Test("normal records are dropped only with dropNormalWhenFull, oldest first")

@@ -93,7 +93,8 @@ final class EdgePump: Sendable {
             throw LinkTestError.timedOut("""
                 \(child.label) accepted \(accepted.count) of \(count) events within \(timeout) s \
                 (running: \(child.isRunning)); stderr tail:
-                \(child.stderrTail())
+                \(child.stderrTail(60))
+                \(child.isRunning ? child.threadBacktraces() : "")
                 """)
         }
     }

@@ -117,6 +117,14 @@ final class ChildProcess: @unchecked Sendable {
         return process.terminationStatus
     }
 
+    /// Every thread's stack (gdb, where installed): where a stuck child is stuck.
+    func threadBacktraces() -> String {
+        guard let gdb = Command.locate("gdb") else { return "(no gdb for thread backtraces)" }
+        let output = (try? Command.run(gdb, ["-p", String(pid), "-batch", "-ex", "thread apply all bt"])) ?? "(gdb failed)"
+        return "thread backtraces of \(label):\n" + output.split(separator: "\n").filter { $0.hasPrefix("#") || $0.hasPrefix("Thread") }
+            .joined(separator: "\n")
+    }
+
     func signal(_ number: Int32) { if process.isRunning { kill(process.processIdentifier, number) } }
 
     /// SIGKILL and reap.
