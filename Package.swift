@@ -27,6 +27,9 @@ let package = Package(
         // debug build on 2 cores). HTTP is served by OpsBusHTTP on POSIX sockets, not SwiftNIO.
         .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        // SIGTERM/SIGINT → graceful shutdown of `opsbus processor`/`bridge` (with swift-async-algorithms and
+        // swift-collections).
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
     ],
     targets: [
         .systemLibrary(
@@ -91,6 +94,7 @@ let package = Package(
                 "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusPublisher", "OpsBusProcessor",
                 "OpsBusBridge", "OpsBusLocalServers", "OpsBusHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
         ),
         .executableTarget(

@@ -3,11 +3,14 @@ import Foundation
 import OpsBusBridge
 import OpsBusCore
 
-/// Where the bridge routes come from, shared by `bridge`, `streams` and `replay`:
-/// `--route` flags, else `--config` file, else `$OPSBUS_BRIDGE_ROUTES`, else the default routes.
+/// Where the bridge routes come from, shared by `bridge`, `streams` and `replay`: `--route` flags, else the JSON
+/// route file (`--bridge-config`, or `--config` naming a JSON file), else `OPSBUS_BRIDGE_ROUTES` (environment or
+/// config file), else the default routes.
 struct BridgeRouteOptions: ParsableArguments {
-    @Option(name: .long, help: "JSON configuration file with routes and settings (format: `opsbus bridge --help`).")
-    var config: String?
+    @Option(name: .customLong("bridge-config"), help: ArgumentHelp(
+        "JSON file with routes and settings (format: `opsbus bridge --help`); --config accepts it too.",
+        valueName: "file"))
+    var bridgeConfig: String?
 
     @Option(name: .customLong("route"), help: ArgumentHelp(
         "A route FILTER=STREAM[;maxlen=N|none][;maxage=SECONDS][;json][;maxbytes=N]; repeat for more.",
@@ -15,8 +18,9 @@ struct BridgeRouteOptions: ParsableArguments {
     var routes: [String] = []
 
     func configurationFile() throws -> BridgeConfigurationFile? {
-        guard let config else { return nil }
-        do { return try BridgeConfigurationFile.load(path: config) } catch { throw ValidationError("--config: \(error)") }
+        let flagName = bridgeConfig != nil ? "--bridge-config" : "--config"
+        guard let path = try bridgeConfig ?? RuntimeSettings.current.bridgeJSONConfig else { return nil }
+        do { return try BridgeConfigurationFile.load(path: path) } catch { throw ValidationError("\(flagName): \(error)") }
     }
 
     /// The routes in effect, and the file (when one was given) for its other settings.
@@ -28,7 +32,7 @@ struct BridgeRouteOptions: ParsableArguments {
             }, file)
         }
         if let file { return (file.routes, file) }
-        if let text = ProcessInfo.processInfo.environment["OPSBUS_BRIDGE_ROUTES"], !text.isEmpty {
+        if let text = try RuntimeSettings.current.value("OPSBUS_BRIDGE_ROUTES"), !text.isEmpty {
             let specs = text.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }).map(String.init)
             return (try specs.map { spec in
                 do { return try BridgeRoute(parsing: spec) } catch { throw ValidationError("OPSBUS_BRIDGE_ROUTES: \(error)") }
@@ -46,7 +50,8 @@ struct BridgeCommand: AsyncParsableCommand {
             Routes map topic filters to stream keys. A key may use topic levels counted from 1: with \
             'events:{1}', jobs/j-1/completed goes to events:jobs. A message goes to the first matching route. \
             Default routes: every opsbus topic family to events:<family>, MAXLEN ~ 1000000.
-            Routes: --route (repeatable), else --config FILE, else $OPSBUS_BRIDGE_ROUTES (specs separated by \
+            Routes: --route (repeatable), else --bridge-config FILE (or --config naming a JSON file), else \
+            $OPSBUS_BRIDGE_ROUTES (specs separated by \
             whitespace), else the defaults. Route spec: FILTER=STREAM[;maxlen=N|none][;maxage=SECONDS][;json]\
             [;maxbytes=N], e.g. 'jobs/#=events:jobs;maxlen=100000;json'.
             Config file (JSON): {"routes": [{"filter": "jobs/#", "stream": "events:{1}", "maxLength": 1000000, \
@@ -61,7 +66,11 @@ struct BridgeCommand: AsyncParsableCommand {
             is down the journal grows up to --journal-max-bytes, then messages are rejected and the broker keeps \
             them (configure the broker with max_queued_messages 0 and a max_queued_bytes cap). An OS crash or power \
             loss can lose journaled messages unless --fsync always. Invalid payloads go to bridge:deadletter. \
-            SIGINT/SIGTERM: stop taking messages, write the journal's rest to Redis, disconnect.
+            SIGINT/SIGTERM (graceful shutdown): stop taking messages, disconnect, write the journal's rest to Redis \
+            for up to --drain-timeout (what is left stays in the journal for the next start), exit 0; a shutdown \
+            longer than --shutdown-timeout exits with 75. \(ExitStatus.helpText)
+            Settings (flag > environment > config file given by --config or $OPSBUS_CONFIG > default): MQTT_URL, \
+            REDIS_URL, their *_PASSWORD_FILE, OPSBUS_TOPIC_PREFIX, OPSBUS_BRIDGE_ROUTES, OPSBUS_HTTP_PORT/HOST.
             End-to-end acks: envelopes sent with "ack": true are committed per session strictly in seq order, \
             each seq once (a gap holds later events back until the publisher re-sends); after each batch the bridge \
             publishes, for every such session it touched, a retained QoS 1 message on acks/<owner>/<session_id> \
@@ -94,8 +103,15 @@ struct BridgeCommand: AsyncParsableCommand {
     @Option(help: "Records per Redis pipeline (default 1000).")
     var batchSize: Int?
 
-    @Option(help: "Seconds to keep writing the journal to Redis after SIGTERM before leaving the rest for the next start.")
-    var drainTimeout: Double = 10
+    @Option(help: ArgumentHelp(
+        "Seconds to keep writing the journal to Redis after SIGTERM before leaving the rest for the next start (default 80 % of --shutdown-timeout).",
+        valueName: "seconds"))
+    var drainTimeout: Double?
+
+    @Option(help: ArgumentHelp(
+        "Seconds a graceful shutdown (SIGTERM/SIGINT) may take before the process exits with status 75.",
+        valueName: "seconds"))
+    var shutdownTimeout: Double = 10
 
     @Flag(name: .customLong("no-acks"), help: "Do not publish end-to-end acknowledgements on acks/<owner>/<session_id>.")
     var noAcks = false
@@ -105,7 +121,8 @@ struct BridgeCommand: AsyncParsableCommand {
     @OptionGroup var common: CommonOptions
 
     func run() async throws {
-        let logger = try common.makeLogger("opsbus.bridge")
+        let logger = try common.makeLogger("opsbus.bridge", bridgeJSON: true)
+        try ServiceRunner.checkTimeout(shutdownTimeout)
         let scheme = try connection.topicScheme()
         let (routes, file) = try routeOptions.resolve(scheme: scheme)
         var configuration = BridgeConfiguration(
@@ -127,7 +144,11 @@ struct BridgeCommand: AsyncParsableCommand {
         } else if let mode = file?.fsync {
             configuration.fsync = mode
         }
-        configuration.drainTimeout = drainTimeout
+        let drain = drainTimeout ?? shutdownTimeout * 0.8
+        if drain >= shutdownTimeout {
+            throw ValidationError("--drain-timeout (\(drain) s) must be shorter than --shutdown-timeout (\(shutdownTimeout) s)")
+        }
+        configuration.drainTimeout = drain
         do { try configuration.validate() } catch { throw ValidationError("\(error)") }
         let bridge: Bridge
         do { bridge = try Bridge(configuration: configuration, logger: logger) } catch { throw CLIError("\(error)") }
@@ -138,13 +159,8 @@ struct BridgeCommand: AsyncParsableCommand {
         let endpoints = try http.resolve().map { BridgeObservability(bridge: bridge, host: $0.host, port: $0.port, logger: logger) }
         do { try endpoints?.start() } catch { throw CLIError("--http-port: \(error)") }
         defer { endpoints?.stop() }
-        let task = Task { try await bridge.run() }
-        let signals = SignalCanceller { _ in task.cancel() }
-        defer { signals.cancel() }
-        do {
-            try await task.value
-        } catch {
-            throw CLIError("\(error)")
+        try await ServiceRunner.run("bridge", shutdownTimeout: shutdownTimeout, logger: logger) {
+            try await bridge.run()
         }
     }
 }

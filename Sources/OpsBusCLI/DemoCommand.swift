@@ -33,24 +33,24 @@ struct DemoCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = try common.makeLogger("opsbus.demo")
-        let environment = ProcessInfo.processInfo.environment
+        let settings = try RuntimeSettings.current
         var started: [ServerProcess] = []
         defer { started.reversed().forEach { $0.stop() } }
 
         let mqttEndpoint: MQTTEndpoint
         let redisEndpoint: RedisEndpoint
         let mqttURL: String
-        if connection.mqttURL == nil && environment["MQTT_URL"] == nil {
+        if connection.mqttURL == nil && settings.source("MQTT_URL") == .default {
             output("starting mosquitto …")
             let broker = try LocalMosquitto.start()
             started.append(broker)
             mqttURL = broker.url
             mqttEndpoint = try MQTTEndpoint(url: broker.url)
         } else {
-            mqttURL = connection.mqttURL ?? environment["MQTT_URL"] ?? ""
+            mqttURL = try connection.mqttURL ?? settings.value("MQTT_URL") ?? ""
             mqttEndpoint = try connection.mqttEndpoint()
         }
-        if connection.redisURL == nil && environment["REDIS_URL"] == nil {
+        if connection.redisURL == nil && settings.source("REDIS_URL") == .default {
             output("starting redis-server …")
             let redis = try LocalRedis.start()
             started.append(redis)

@@ -16,28 +16,14 @@ struct HTTPOptions: ParsableArguments {
         valueName: "ipv4"))
     var httpHost: String?
 
-    /// The address to listen on, or nil when the endpoints are off. Invalid values fail naming the variable.
+    /// The address to listen on, or nil when the endpoints are off. Invalid values exit with status 78, naming the
+    /// variable and its source.
     func resolve() throws -> (host: String, port: Int)? {
-        let environment = ProcessInfo.processInfo.environment
-        let port: Int
-        if let httpPort {
-            port = httpPort
-        } else if let raw = environment["OPSBUS_HTTP_PORT"], !raw.isEmpty {
-            guard let value = Int(raw) else {
-                throw ValidationError("OPSBUS_HTTP_PORT=\(raw): expected a port number from 0 to 65535")
-            }
-            port = value
-        } else {
-            return nil
-        }
-        guard (0...65_535).contains(port) else {
-            throw ValidationError("--http-port / OPSBUS_HTTP_PORT: expected a port number from 0 to 65535, not \(port)")
-        }
-        let host = httpHost ?? environment["OPSBUS_HTTP_HOST"].flatMap { $0.isEmpty ? nil : $0 } ?? "127.0.0.1"
-        var address = in_addr()
-        guard inet_pton(AF_INET, host, &address) == 1 else {
-            throw ValidationError("--http-host / OPSBUS_HTTP_HOST: '\(host)' is not an IPv4 address")
-        }
+        let settings = try RuntimeSettings.current
+        guard let port = try settings.value("OPSBUS_HTTP_PORT", flag: httpPort.map(String.init), flagName: "--http-port")
+            .flatMap(Int.init)
+        else { return nil }
+        let host = try settings.value("OPSBUS_HTTP_HOST", flag: httpHost, flagName: "--http-host") ?? "127.0.0.1"
         return (host, port)
     }
 }

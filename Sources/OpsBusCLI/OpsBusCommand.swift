@@ -13,6 +13,11 @@ public struct OpsBusCommand: AsyncParsableCommand {
             MACHINE_ID, WORKER_ID, SERVICE_TYPE and CONNECTOR_ID. Log level: --log-level or OPSBUS_LOG_LEVEL \
             (trace, debug, info, notice, warning, error, critical; default notice, logs go to stderr).
 
+            Every setting: flag > environment > config file (--config FILE or $OPSBUS_CONFIG, KEY=value lines) > \
+            default; `opsbus config check` shows the result.
+
+            \(ExitStatus.helpText)
+
             Start with `opsbus demo`: it starts its own mosquitto and redis-server and shows everything working.
             Topics, QoS and payloads: topics.md.
             """,
@@ -29,6 +34,11 @@ public struct OpsBusCommand: AsyncParsableCommand {
 
 /// Options every subcommand has.
 struct CommonOptions: ParsableArguments {
+    @Option(name: .long, help: ArgumentHelp(
+        "Configuration file: KEY=value lines with the environment variables' names (default $OPSBUS_CONFIG). Flags win over the environment, the environment over the file.",
+        valueName: "file"))
+    var config: String?
+
     @Option(name: .long, help: "Log level (trace … critical). Default: $OPSBUS_LOG_LEVEL or notice.")
     var logLevel: String?
 
@@ -40,20 +50,17 @@ struct CommonOptions: ParsableArguments {
     @Flag(name: .long, help: "Same as --log-format json.")
     var logJSON = false
 
-    /// Sets up swift-log once for the process; returns the logger for `label`.
-    func makeLogger(_ label: String) throws -> Logger {
-        let name = logLevel ?? ProcessInfo.processInfo.environment["OPSBUS_LOG_LEVEL"] ?? "notice"
-        guard let level = Logger.Level(rawValue: name.lowercased()) else {
-            throw ValidationError(
-                "invalid log level '\(name)'; expected one of: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
-        let format = logJSON ? "json" : (logFormat ?? ProcessInfo.processInfo.environment["OPSBUS_LOG_FORMAT"] ?? "text")
-        guard ["text", "json"].contains(format.lowercased()) else {
-            throw ValidationError("--log-format / OPSBUS_LOG_FORMAT: expected text or json, not '\(format)'")
-        }
+    /// Loads the configuration (`RuntimeSettings`), sets up swift-log once for the process and returns the logger
+    /// for `label`. Every command calls it first.
+    /// - Parameter bridgeJSON: the command takes the bridge's JSON route file, which `--config` may name too.
+    /// - Throws: `ExitCode(78)` for an invalid config file or log setting.
+    func makeLogger(_ label: String, bridgeJSON: Bool = false) throws -> Logger {
+        let settings = try RuntimeSettings.load(configPath: config, acceptBridgeJSON: bridgeJSON)
+        let name = try settings.value("OPSBUS_LOG_LEVEL", flag: logLevel, flagName: "--log-level") ?? "notice"
+        let format = logJSON ? "json" : try settings.value("OPSBUS_LOG_FORMAT", flag: logFormat, flagName: "--log-format") ?? "text"
         LoggingBootstrap.once(json: format.lowercased() == "json")
         var logger = Logger(label: label)
-        logger.logLevel = level
+        logger.logLevel = Logger.Level(rawValue: name.lowercased()) ?? .notice
         return logger
     }
 }

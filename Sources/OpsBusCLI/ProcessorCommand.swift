@@ -19,10 +19,14 @@ struct ProcessorCommand: AsyncParsableCommand {
             webhook notifications to NOTIFICATION_SERVICE_URL for jobs that ask for one.
 
             Scale out: run several with the same --group (MQTT 5 shared subscription $share/<group>/…) and a \
-            different --instance each. Stops on SIGINT/SIGTERM after the event in hand is applied.
+            different --instance each.
 
-            Environment (flags win): MQTT_URL, REDIS_URL, OPSBUS_TOPIC_PREFIX, EVENT_PROCESSING_BATCH_SIZE (outbox \
-            batch, default 100), BUSINESS_LOGIC_TIMEOUT_MS (Redis command timeout, default 5000), \
+            Lifecycle: SIGTERM/SIGINT start a graceful shutdown: the event in hand is applied, a group member leaves \
+            its shared subscription, the connections close; exit status 0. A shutdown longer than \
+            --shutdown-timeout exits with 75. \(ExitStatus.helpText)
+
+            Settings (flag > environment > config file given by --config or $OPSBUS_CONFIG > default): MQTT_URL, \
+            REDIS_URL, OPSBUS_TOPIC_PREFIX, EVENT_PROCESSING_BATCH_SIZE (outbox batch, default 100), BUSINESS_LOGIC_TIMEOUT_MS (Redis command timeout, default 5000), \
             BUSINESS_LOGIC_AUTOMATION, MODEL_USAGE_TRACKING, USER_NOTIFICATIONS_ENABLED (true/false, default true), \
             NOTIFICATION_SERVICE_URL, NOTIFICATION_SECRET or NOTIFICATION_SECRET_FILE, WORKER_LINK_GRACE_SECONDS \
             (default 30), GAP_REPORT_AFTER_SECONDS (default 60), PATTERN_ANALYSIS_INTERVAL (seconds between pattern \
@@ -77,30 +81,32 @@ struct ProcessorCommand: AsyncParsableCommand {
     @OptionGroup var http: HTTPOptions
     @OptionGroup var common: CommonOptions
 
+    @Option(help: ArgumentHelp(
+        "Seconds a graceful shutdown (SIGTERM/SIGINT) may take before the process exits with status 75.",
+        valueName: "seconds"))
+    var shutdownTimeout: Double = 10
+
     func run() async throws {
         let logger = try common.makeLogger("opsbus.processor")
         if let group {
             do { _ = try Identifier(validating: group, field: "group") } catch { throw ValidationError("--group: \(error)") }
         }
-        let environment = EnvironmentReader(ProcessInfo.processInfo.environment)
+        try ServiceRunner.checkTimeout(shutdownTimeout)
+        let settings = try RuntimeSettings.current
         var configuration = ProcessorConfiguration(
             mqtt: try connection.mqttEndpoint(), redis: try connection.redisEndpoint(),
             scheme: try connection.topicScheme(),
             clientID: clientID ?? (group.map { "opsbus-processor-\($0)-\(instance)" } ?? "opsbus-processor"),
             group: group, maxPayloadBytes: maxPayloadBytes, timelineLimit: timelineLimit)
-        configuration.automation = try automation ?? environment.bool("BUSINESS_LOGIC_AUTOMATION", default: true)
-        configuration.modelUsageTracking = try environment.bool("MODEL_USAGE_TRACKING", default: true)
-        configuration.userNotifications = try environment.bool("USER_NOTIFICATIONS_ENABLED", default: true)
-        configuration.outboxBatchSize = try environment.int("EVENT_PROCESSING_BATCH_SIZE", default: 100, range: 1...10_000)
-        configuration.redisCommandTimeout =
-            Double(try environment.int("BUSINESS_LOGIC_TIMEOUT_MS", default: 5_000, range: 10...600_000)) / 1000
+        configuration.automation = try settings.bool("BUSINESS_LOGIC_AUTOMATION", flag: automation)
+        configuration.modelUsageTracking = try settings.bool("MODEL_USAGE_TRACKING")
+        configuration.userNotifications = try settings.bool("USER_NOTIFICATIONS_ENABLED")
+        configuration.outboxBatchSize = try settings.int("EVENT_PROCESSING_BATCH_SIZE")
+        configuration.redisCommandTimeout = Double(try settings.int("BUSINESS_LOGIC_TIMEOUT_MS")) / 1000
         configuration.heartbeatTimeout = heartbeatTimeout
-        configuration.workerLinkGrace = try workerLinkGrace
-            ?? Double(environment.int("WORKER_LINK_GRACE_SECONDS", default: 30, range: 0...86_400))
-        configuration.gapReportAfter = try gapReportAfter
-            ?? Double(environment.int("GAP_REPORT_AFTER_SECONDS", default: 60, range: 1...86_400))
-        let patternInterval = try patternAnalysisInterval
-            ?? environment.int("PATTERN_ANALYSIS_INTERVAL", default: 300, range: 0...86_400)
+        configuration.workerLinkGrace = try workerLinkGrace ?? Double(settings.int("WORKER_LINK_GRACE_SECONDS"))
+        configuration.gapReportAfter = try gapReportAfter ?? Double(settings.int("GAP_REPORT_AFTER_SECONDS"))
+        let patternInterval = try patternAnalysisInterval ?? settings.int("PATTERN_ANALYSIS_INTERVAL")
         guard (0...86_400).contains(patternInterval) else {
             throw ValidationError("--pattern-analysis-interval must be a number of seconds from 0 to 86400, not \(patternInterval)")
         }
@@ -115,46 +121,21 @@ struct ProcessorCommand: AsyncParsableCommand {
         } else if source != "mqtt" {
             throw ValidationError("--source must be mqtt or stream:<key>, not '\(source)'")
         }
+        for name in ["NOTIFICATION_SERVICE_URL", "NOTIFICATION_SECRET", "NOTIFICATION_SECRET_FILE"] {
+            _ = try settings.value(name)
+        }
         do {
-            configuration.webhooks = try WebhookEndpoint.fromEnvironment(ProcessInfo.processInfo.environment)
+            configuration.webhooks = try WebhookEndpoint.fromEnvironment(settings.environment)
         } catch {
-            throw ValidationError("\(error)")
+            throw ConfigurationFailure.exit(ConfigurationProblem(variable: "NOTIFICATION_*", message: "\(error)"))
         }
         let processor: EventProcessor
         do { processor = try EventProcessor(configuration: configuration, logger: logger) } catch { throw CLIError("\(error)") }
         let endpoints = try http.resolve().map { ProcessorObservability(processor: processor, host: $0.host, port: $0.port, logger: logger) }
         do { try endpoints?.start() } catch { throw CLIError("--http-port: \(error)") }
         defer { endpoints?.stop() }
-        let task = Task { try await processor.run() }
-        let signals = SignalCanceller { _ in task.cancel() }
-        defer { signals.cancel() }
-        do {
-            try await task.value
-        } catch {
-            throw CLIError("\(error)")
+        try await ServiceRunner.run("processor", shutdownTimeout: shutdownTimeout, logger: logger) {
+            try await processor.run()
         }
-    }
-}
-
-/// Typed reads of environment variables; a bad value fails with the variable's name and what was expected.
-struct EnvironmentReader {
-    let values: [String: String]
-    init(_ values: [String: String]) { self.values = values }
-
-    func bool(_ name: String, default fallback: Bool) throws -> Bool {
-        guard let raw = values[name], !raw.isEmpty else { return fallback }
-        switch raw.lowercased() {
-        case "1", "true", "yes", "on": return true
-        case "0", "false", "no", "off": return false
-        default: throw ValidationError("\(name)=\(raw): expected true or false")
-        }
-    }
-
-    func int(_ name: String, default fallback: Int, range: ClosedRange<Int>) throws -> Int {
-        guard let raw = values[name], !raw.isEmpty else { return fallback }
-        guard let value = Int(raw), range.contains(value) else {
-            throw ValidationError("\(name)=\(raw): expected a whole number from \(range.lowerBound) to \(range.upperBound)")
-        }
-        return value
     }
 }

@@ -76,10 +76,15 @@ struct PublishCommand: AsyncParsableCommand {
         let logger = try common.makeLogger("opsbus.publish")
         let scheme = try connection.topicScheme()
         let endpoint = try connection.mqttEndpoint()
+        let settings = try RuntimeSettings.current
+        for (name, flag) in [("MACHINE_ID", machine), ("WORKER_ID", worker), ("SERVICE_TYPE", serviceType),
+                             ("CONNECTOR_ID", connector)] where flag == nil {
+            _ = try settings.value(name)
+        }
         let context: PublisherContext
         do {
             context = try PublisherContext.fromEnvironment(
-                ProcessInfo.processInfo.environment, machineID: machine, workerID: worker,
+                settings.environment, machineID: machine, workerID: worker,
                 serviceType: serviceType, connectorID: connector)
         } catch {
             throw ValidationError("\(error)")

@@ -28,7 +28,7 @@ struct SpoolCommand: ParsableCommand {
     var json = false
 
     func run() throws {
-        let environment = ProcessInfo.processInfo.environment
+        let environment = try RuntimeSettings.current.environment
         let owner = worker ?? environment["WORKER_ID"] ?? environment["MACHINE_ID"] ?? "default"
         let path = directory ?? environment["OPSBUS_SPOOL_DIR"]
             ?? EventPublisher.defaultSpoolDirectory(environment: environment, owner: owner)

@@ -26,10 +26,15 @@ struct SpoolingOptions: ParsableArguments {
         valueName: "mode"))
     var durability: String?
 
-    /// The spool settings: flags over environment over defaults; nil with `--no-spool`.
+    /// The spool settings: flags over environment over config file over defaults; nil with `--no-spool`.
     func options(owner: String, spoolByDefault: Bool = true) throws -> SpoolOptions? {
         if noSpool { return nil }
-        var environment = ProcessInfo.processInfo.environment
+        let settings = try RuntimeSettings.current
+        for name in ["OPSBUS_SPOOL", "OPSBUS_SPOOL_DIR", "OPSBUS_SPOOL_MAX_BYTES", "OPSBUS_SPOOL_DURABILITY", "OPSBUS_ACK",
+                     "OPSBUS_ACK_TIMEOUT"] {
+            _ = try settings.value(name)
+        }
+        var environment = settings.environment
         if spool != nil || spoolByDefault { environment["OPSBUS_SPOOL"] = environment["OPSBUS_SPOOL"] ?? "on" }
         if let spool { environment["OPSBUS_SPOOL_DIR"] = spool }
         if let ack { environment["OPSBUS_ACK"] = ack }

@@ -9,7 +9,7 @@ struct StreamsCommand: AsyncParsableCommand {
         commandName: "streams",
         abstract: "List the bridge's routes and streams: length, first/last ids, consumer groups and their lag.",
         discussion: """
-            Uses the same routes as `opsbus bridge` (--route, --config, $OPSBUS_BRIDGE_ROUTES or the defaults). \
+            Uses the same routes as `opsbus bridge` (--route, --bridge-config or a JSON --config, $OPSBUS_BRIDGE_ROUTES or the defaults). \
             Template routes (events:{1}) list every existing stream their pattern covers. The dead-letter stream \
             bridge:deadletter is listed last. Lag is Redis's XINFO GROUPS 'lag' (entries not yet delivered to the \
             group); pending is delivered but not acknowledged.
@@ -31,7 +31,7 @@ struct StreamsCommand: AsyncParsableCommand {
     }
 
     func run() async throws {
-        _ = try common.makeLogger("opsbus.streams")
+        _ = try common.makeLogger("opsbus.streams", bridgeJSON: true)
         let (routes, _) = try routeOptions.resolve(scheme: try connection.topicScheme())
         let redis: RedisConnection
         do { redis = try RedisConnection(endpoint: try connection.redisEndpoint()) } catch { throw CLIError("\(error)") }

@@ -13,9 +13,10 @@ final class LockedFlag: Sendable {
     func setOnce() -> Bool { value.withLock { was in defer { was = true }; return !was } }
 }
 
-/// Where the broker and Redis are: flags first, then `MQTT_URL`/`REDIS_URL`, then the local defaults. Passwords may
-/// come from `MQTT_PASSWORD_FILE`/`REDIS_PASSWORD_FILE` instead of the URL (docker secrets); they never appear in
-/// errors or logs (endpoints print them as `***`).
+/// Where the broker and Redis are: flags, then `MQTT_URL`/`REDIS_URL` from the environment or the config file, then
+/// the local defaults (`RuntimeSettings`). Passwords may come from `MQTT_PASSWORD_FILE`/`REDIS_PASSWORD_FILE` instead
+/// of the URL (docker secrets); they never appear in errors or logs (endpoints print them as `***`).
+/// Invalid values exit with status 78, naming the variable and its source.
 struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Broker URL, mqtt://[user[:pass]@]host[:port] or mqtts://… (default: $MQTT_URL or mqtt://127.0.0.1:1883).")
     var mqttURL: String?
@@ -26,36 +27,36 @@ struct ConnectionOptions: ParsableArguments {
     @Option(name: .long, help: "Topic prefix (namespace) for a shared broker (default: $OPSBUS_TOPIC_PREFIX, none).")
     var topicPrefix: String?
 
-    var environment: [String: String] { ProcessInfo.processInfo.environment }
-
     func mqttEndpoint() throws -> MQTTEndpoint {
-        let url = mqttURL ?? environment["MQTT_URL"] ?? "mqtt://127.0.0.1:1883"
-        do {
+        let settings = try RuntimeSettings.current
+        let url = try settings.value("MQTT_URL", flag: mqttURL, flagName: "--mqtt-url") ?? "mqtt://127.0.0.1:1883"
+        let passwordFile = try settings.value("MQTT_PASSWORD_FILE")
+        do throws(ConfigurationProblem) {
             return try ConnectionSecrets.mqttEndpoint(
-                url: url, urlVariable: mqttURL != nil ? "--mqtt-url" : "MQTT_URL",
-                passwordFile: environment["MQTT_PASSWORD_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+                url: url, urlVariable: mqttURL != nil ? "--mqtt-url" : "MQTT_URL", passwordFile: passwordFile)
         } catch {
-            throw ValidationError("\(error)")
+            throw ConfigurationFailure.exit(error)
         }
     }
 
     func redisEndpoint() throws -> RedisEndpoint {
-        let url = redisURL ?? environment["REDIS_URL"] ?? "redis://127.0.0.1:6379"
-        do {
+        let settings = try RuntimeSettings.current
+        let url = try settings.value("REDIS_URL", flag: redisURL, flagName: "--redis-url") ?? "redis://127.0.0.1:6379"
+        let passwordFile = try settings.value("REDIS_PASSWORD_FILE")
+        do throws(ConfigurationProblem) {
             return try ConnectionSecrets.redisEndpoint(
-                url: url, urlVariable: redisURL != nil ? "--redis-url" : "REDIS_URL",
-                passwordFile: environment["REDIS_PASSWORD_FILE"].flatMap { $0.isEmpty ? nil : $0 })
+                url: url, urlVariable: redisURL != nil ? "--redis-url" : "REDIS_URL", passwordFile: passwordFile)
         } catch {
-            throw ValidationError("\(error)")
+            throw ConfigurationFailure.exit(error)
         }
     }
 
     func topicScheme() throws -> TopicScheme {
-        let prefix = topicPrefix ?? environment["OPSBUS_TOPIC_PREFIX"]
+        let prefix = try RuntimeSettings.current.value("OPSBUS_TOPIC_PREFIX", flag: topicPrefix, flagName: "--topic-prefix")
         do {
             return try TopicScheme(prefix: prefix?.isEmpty == true ? nil : prefix)
         } catch {
-            throw ValidationError("OPSBUS_TOPIC_PREFIX / --topic-prefix: \(error)")
+            throw ConfigurationFailure.exit(ConfigurationProblem(variable: "OPSBUS_TOPIC_PREFIX / --topic-prefix", message: "\(error)"))
         }
     }
 }

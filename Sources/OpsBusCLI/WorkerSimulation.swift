@@ -122,7 +122,7 @@ struct SimulateCommand: AsyncParsableCommand {
         let baseSpool = try spooling.options(owner: "simulate")
         let endpoint = try connection.mqttEndpoint()
         let scheme = try connection.topicScheme()
-        let machineID = machine ?? ProcessInfo.processInfo.environment["MACHINE_ID"] ?? "sim-machine"
+        let machineID = try machine ?? RuntimeSettings.current.value("MACHINE_ID") ?? "sim-machine"
         let simulations = (1...max(1, workers)).map { number in
             let workerID = "\(workerPrefix)-\(number)"
             // One spool per simulated worker, as on real machines.

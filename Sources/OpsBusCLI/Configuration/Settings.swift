@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import OpsBusBridge
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis
@@ -81,6 +82,13 @@ enum SettingsCatalog {
         SettingSpec("RESOURCE_MANAGER_URL", secrecy: .url, "resource manager, http(s)://…", check: Checks.httpURL),
         SettingSpec("OPSBUS_TOPIC_PREFIX", "namespace prepended to every topic", check: Checks.topicPrefix),
         SettingSpec("OPSBUS_LOG_LEVEL", default: "notice", "trace … critical", check: Checks.logLevel),
+        SettingSpec("OPSBUS_LOG_FORMAT", default: "text", "text or json", check: Checks.oneOf(["text", "json"])),
+        SettingSpec("OPSBUS_HTTP_PORT", "processor/bridge: port of /metrics, /health, the dashboard; off when unset",
+                    check: Checks.integer(0...65_535)),
+        SettingSpec("OPSBUS_HTTP_HOST", default: "127.0.0.1", "address the HTTP endpoints listen on (IPv4)",
+                    check: Checks.ipv4),
+        SettingSpec("OPSBUS_BRIDGE_ROUTES", "bridge routes FILTER=STREAM[;…], separated by whitespace",
+                    check: Checks.bridgeRoutes),
         SettingSpec("OPSBUS_QOS_OVERRIDES", "per-type QoS/retain, e.g. job.progress=1", check: Checks.qosOverrides),
         SettingSpec("OPSBUS_SPOOL", default: "on for workers", "publisher spool, on or off", check: Checks.onOff),
         SettingSpec("OPSBUS_SPOOL_DIR", default: "$XDG_STATE_HOME/opsbus/spool/<worker>", "spool directory",
@@ -184,6 +192,22 @@ enum Checks {
 
     @Sendable static func topicPrefix(_ value: String) -> String? {
         do { _ = try TopicScheme(prefix: value.isEmpty ? nil : value); return nil } catch { return "\(error)" }
+    }
+
+    @Sendable static func ipv4(_ value: String) -> String? {
+        var address = in_addr()
+        return inet_pton(AF_INET, value, &address) == 1 ? nil : "expected an IPv4 address, e.g. 127.0.0.1 or 0.0.0.0"
+    }
+
+    @Sendable static func bridgeRoutes(_ value: String) -> String? {
+        do {
+            for spec in value.split(whereSeparator: { $0 == "\n" || $0 == " " || $0 == "\t" }) {
+                _ = try BridgeRoute(parsing: String(spec))
+            }
+            return nil
+        } catch {
+            return "\(error)"
+        }
     }
 
     @Sendable static func logLevel(_ value: String) -> String? {
