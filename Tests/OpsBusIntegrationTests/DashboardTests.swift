@@ -1,6 +1,8 @@
 import Foundation
 import OpsBusHTTP
+import OpsBusCore
 import OpsBusLocalServers
+import OpsBusProcessor
 import Testing
 
 /// The processor's dashboard, rendered by a real browser: headless Chromium from Debian (scripts/setup installs it).
@@ -32,9 +34,28 @@ struct DashboardTests {
         let browser = try Self.chromium()
         let servers = try TestServers()
         let port = Int(try LoopbackPort.allocate())
-        let processor = try ObservabilityTests.startProcessor(servers, port: port)
+        // The analysis is off so that the recommendation stored below stays (PatternAnalysisTests runs it for real).
+        let processor = try ObservabilityTests.startProcessor(servers, port: port, extra: ["--pattern-analysis-interval", "0"])
         #expect(try await waitUntil(timeout: 30) { ObservabilityTests.get(port, "/health/ready")?.status == 200 },
                 "never ready: \(processor.stderr)")
+
+        // A pattern analysis result where the processor stores it: the dashboard shows what `opsbus health` shows.
+        let recommendation = PatternRecommendation(
+            kind: .longerTimeout, severity: .warning, scope: "comfyui-dash", errorType: "timeout", count: 6, samples: 16,
+            rate: 0.375, suggestedTimeoutSeconds: 28.5, observedSeconds: 19, observedBasis: "p95",
+            summary: "longer timeout for comfyui-dash: 6 of 16 jobs timed out")
+        let analysis = PatternAnalysisResult(generatedAt: .now(), window: "2026-01-01T00/2026-01-01T01",
+                                             recommendations: [recommendation])
+        _ = try servers.redisConnection().command(["SET", RedisKeys().recommendations, analysis.json().serialized()])
+        var body = ""
+        #expect(try await waitUntil(timeout: 30) {
+            body = ObservabilityTests.get(port, "/api/summary")?.body ?? ""
+            return body.contains("longer_timeout.comfyui-dash")
+        }, "the summary never listed the recommendation: \(body.prefix(2000))")
+        let summary = try JSONValue.parse(body)
+        let listed = summary["recommendations"]?["recommendations"]?.arrayValue ?? []
+        #expect(listed.compactMap { $0["subject"]?.stringValue } == ["longer_timeout.comfyui-dash"], "\(summary)")
+        #expect(listed.first?["severity"]?.stringValue == "warning")
 
         let jobID = "dash-\(UUID().uuidString.prefix(8).lowercased())"
         try await ObservabilityTests.publish(servers, ["job.received", "--job", jobID])
@@ -64,6 +85,8 @@ struct DashboardTests {
         #expect(dom.contains("data-job-id=\"\(jobID)\""), "rendered DOM lacks the job: \(dom.prefix(3000)) \(stderr.suffix(2000))")
         #expect(dom.contains("gpu-dash"), "the worker column shows the assigned worker")
         #expect(dom.contains("polling every 2 s"))
+        #expect(dom.contains("data-subject=\"longer_timeout.comfyui-dash\""), "the Recommendations panel lacks the recommendation")
+        #expect(dom.contains("longer timeout for comfyui-dash: 6 of 16 jobs timed out"))
 
         if let shot = ProcessInfo.processInfo.environment["OPSBUS_DASHBOARD_SCREENSHOT"] {
             // For the docs: OPSBUS_DASHBOARD_SCREENSHOT=docs/dashboard.png swift test --filter DashboardTests

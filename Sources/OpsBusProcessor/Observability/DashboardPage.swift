@@ -34,6 +34,8 @@ enum DashboardPage {
   .s-completed, .s-online, .s-idle { color:var(--ok); } .s-failed, .s-dead_lettered, .s-offline { color:var(--bad); }
   .s-processing, .s-busy { color:var(--acc); } .s-retry_scheduled, .s-unreachable, .s-degraded { color:var(--warn); }
   .empty { color:var(--dim); font-style:italic; }
+  .sev-critical { color:var(--bad); font-weight:600; } .sev-warning { color:var(--warn); } .sev-info { color:var(--acc); }
+  .note { text-transform:none; letter-spacing:0; font-weight:400; }
   ul.reasons { margin:4px 0 0; padding-left:18px; color:var(--warn); }
 </style>
 </head>
@@ -48,6 +50,7 @@ enum DashboardPage {
   <section class="wide"><h2>Overview</h2><div class="tiles" id="tiles"></div><ul class="reasons" id="reasons"></ul></section>
   <section><h2>Jobs by status</h2><table id="jobs-by-status"></table></section>
   <section><h2>Events per second by type</h2><table id="event-rates"></table></section>
+  <section class="wide"><h2>Recommendations <span id="analysed" class="note"></span></h2><table id="recommendations"></table></section>
   <section class="wide"><h2>Recent jobs</h2><table id="recent-jobs"></table></section>
   <section class="wide"><h2>Recent failures</h2><table id="failures"></table></section>
   <section><h2>Failure types</h2><table id="failure-types"></table></section>
@@ -109,6 +112,11 @@ function render(s) {
   tile("actions ok / failed", s.actions ? s.actions.succeeded + " / " + s.actions.failed : "–");
   tile("webhooks delivered", s.webhooks ? s.webhooks.delivered : "–");
   tile("precache triggers", s.precache_triggers);
+  const analysis = s.recommendations;
+  $("analysed").textContent = analysis ? "· analysed " + ago(analysis.generated_at) + ", hours " + analysis.window : "";
+  table("recommendations", [["severity", (r) => r.severity, (r) => "sev-" + r.severity],
+    ["recommendation", (r) => r.summary], ["subject", (r) => r.subject, null, "data-subject"]],
+    analysis ? analysis.recommendations : [], analysis ? "nothing to recommend" : "no pattern analysis yet");
   table("jobs-by-status", [["status", (r) => r.k, (r) => "s-" + r.k], ["jobs", (r) => r.v]], pairs(s.jobs_by_status));
   table("event-rates", [["type", (r) => r.k], ["events/s", (r) => r.v]], pairs(s.events.per_second_by_type), "no events in the last 10 s");
   const jobCols = [["job", (j) => j.job_id, null, "data-job-id"], ["status", (j) => j.status, (j) => "s-" + j.status],

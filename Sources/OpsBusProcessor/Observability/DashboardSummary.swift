@@ -109,6 +109,8 @@ struct DashboardSummary {
                 "dead_lettered_jobs": .int(report.jobsByStatus.first { $0.status == "dead_lettered" }?.count ?? 0),
             ]),
             "actions": report.actions.map { .object(["succeeded": .int($0.succeeded), "failed": .int($0.failed)]) } ?? .null,
+            // The processor's pattern analysis (as in `opsbus health`): generated_at, window, recommendations.
+            "recommendations": report.patternAnalysis?.json() ?? .null,
             "webhooks": report.webhooks.map {
                 .object(["delivered": .int($0.succeeded), "failed_attempts": .int($0.failed)])
             } ?? .null,
