@@ -6,7 +6,8 @@ import OpsBusSpool
 
 extension EventPublisher {
     /// Connects the way the seed's `ConnectorLogger` was configured: broker from `MQTT_URL`
-    /// (default `mqtt://127.0.0.1:1883`), context from `MACHINE_ID`, `WORKER_ID`, `SERVICE_TYPE`, `CONNECTOR_ID`,
+    /// (default `mqtt://127.0.0.1:1883`; the password from the URL or from the file `MQTT_PASSWORD_FILE` names, not
+    /// both), context from `MACHINE_ID`, `WORKER_ID`, `SERVICE_TYPE`, `CONNECTOR_ID`,
     /// topic prefix from `OPSBUS_TOPIC_PREFIX`, QoS overrides from `OPSBUS_QOS_OVERRIDES` (syntax in topics.md).
     /// Workers (a `WORKER_ID` is set) spool by default (`spoolOptions(from:context:)`: `OPSBUS_SPOOL`,
     /// `OPSBUS_SPOOL_DIR`, `OPSBUS_SPOOL_MAX_BYTES`, `OPSBUS_SPOOL_DURABILITY`, `OPSBUS_ACK`, `OPSBUS_ACK_TIMEOUT`).
@@ -15,12 +16,25 @@ extension EventPublisher {
         _ environment: [String: String] = ProcessInfo.processInfo.environment, waitForBroker: Bool = false,
         logger: Logger = Logger(label: "opsbus.publisher")
     ) async throws(EventPublisherError) -> EventPublisher {
-        let url = environment["MQTT_URL"] ?? "mqtt://127.0.0.1:1883"
-        let endpoint: MQTTEndpoint
+        let url = environment["MQTT_URL"].flatMap { $0.isEmpty ? nil : $0 } ?? "mqtt://127.0.0.1:1883"
+        var endpoint: MQTTEndpoint
         do {
             endpoint = try MQTTEndpoint(url: url)
         } catch {
             throw .invalidContext(variable: "MQTT_URL", reason: "\(error)")
+        }
+        if let passwordFile = environment["MQTT_PASSWORD_FILE"], !passwordFile.isEmpty {
+            // As the CLI: which of two passwords wins would be a guess, and a password needs a user.
+            if endpoint.password != nil {
+                throw .invalidContext(
+                    variable: "MQTT_URL and MQTT_PASSWORD_FILE", reason: "both give a password; put it in only one of them")
+            }
+            if endpoint.username == nil {
+                throw .invalidContext(
+                    variable: "MQTT_PASSWORD_FILE",
+                    reason: "a password file needs a user name in MQTT_URL (mqtt://user@host:port)")
+            }
+            endpoint.password = try readSecretFile(passwordFile, variable: "MQTT_PASSWORD_FILE")
         }
         let scheme: TopicScheme
         do {
@@ -91,6 +105,26 @@ extension EventPublisher {
             options.ackTimeout = seconds
         }
         return options
+    }
+
+    /// Secret files are small; a bigger file is most likely the wrong path.
+    static let maximumSecretFileBytes = 64 * 1024
+
+    /// A docker/Kubernetes secret file's text without one trailing newline (`echo secret > file` adds one), with the
+    /// rules of the CLI's `MQTT_PASSWORD_FILE`. Errors name the variable and the path, never the content.
+    static func readSecretFile(_ path: String, variable: String) throws(EventPublisherError) -> String {
+        func fail(_ reason: String) -> EventPublisherError {
+            .invalidContext(variable: variable, reason: "cannot use secret file \(path): \(reason)")
+        }
+        var status = stat()
+        guard stat(path, &status) == 0 else { throw fail(String(cString: strerror(errno))) }
+        guard (status.st_mode & S_IFMT) == S_IFREG else { throw fail("not a regular file") }
+        guard status.st_size <= maximumSecretFileBytes else { throw fail("larger than \(maximumSecretFileBytes) bytes") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw fail("not readable") }
+        guard var secret = String(data: data, encoding: .utf8) else { throw fail("not UTF-8 text") }
+        if secret.hasSuffix("\r\n") { secret.removeLast(2) } else if secret.hasSuffix("\n") { secret.removeLast() }
+        guard !secret.isEmpty else { throw fail("the file is empty") }
+        return secret
     }
 
     /// `$XDG_STATE_HOME/opsbus/spool/<owner>`, else `$HOME/.local/state/opsbus/spool/<owner>`, else under /tmp.

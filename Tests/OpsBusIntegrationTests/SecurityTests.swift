@@ -2,6 +2,7 @@ import Foundation
 import OpsBusCore
 import OpsBusLocalServers
 import OpsBusMQTT
+import OpsBusPublisher
 import OpsBusRedis
 import Synchronization
 import Testing
@@ -220,6 +221,48 @@ struct SecurityTests {
         // …but not administrative or dangerous commands.
         #expect(throws: (any Error).self) { try opsbus.command(["FLUSHALL"]) }
         #expect(throws: (any Error).self) { try opsbus.command(["CONFIG", "GET", "dir"]) }
+    }
+
+    @Test("EventPublisher.connectFromEnvironment reads MQTT_PASSWORD_FILE; a password in the URL and a file is an error; no secret in errors")
+    func libraryReadsPasswordFile() async throws {
+        let observer = try servers.client("operator")
+        let log = MessageLog(observer)
+        try await observer.connect()
+        _ = try await observer.subscribe(["jobs/+/started"], qos: .atLeastOnce)
+        let secret = SecuredServers.passwords["w1"]!
+        let file = try servers.secretFile("lib-mqtt-w1", secret)
+        let base = ["OPSBUS_SPOOL": "off", "OPSBUS_TOPIC_PREFIX": "", "OPSBUS_QOS_OVERRIDES": ""]
+
+        // Anonymous access is off: connecting at all proves the password came from the file.
+        let publisher = try await EventPublisher.connectFromEnvironment(
+            base.merging(["MQTT_URL": servers.mqttURL(user: "w1"), "MQTT_PASSWORD_FILE": file]) { $1 }, logger: testLogger)
+        _ = try await publisher.withJobContext("j-lib-file").started(workerAssigned: "w1")
+        #expect(try await waitUntil(timeout: 60) { log.topics.contains("jobs/j-lib-file/started") }, "\(log.topics)")
+        await publisher.disconnect()
+
+        func failure(_ environment: [String: String]) async -> String? {
+            do {
+                let publisher = try await EventPublisher.connectFromEnvironment(base.merging(environment) { $1 }, logger: testLogger)
+                await publisher.disconnect()
+                return nil
+            } catch {
+                return "\(error)"
+            }
+        }
+        let both = await failure(["MQTT_URL": servers.mqttURL(user: "w1", password: secret), "MQTT_PASSWORD_FILE": file])
+        #expect(both?.contains("MQTT_URL and MQTT_PASSWORD_FILE") == true, "\(both ?? "connected")")
+        let noUser = await failure(["MQTT_URL": servers.mqttURL(), "MQTT_PASSWORD_FILE": file])
+        #expect(noUser?.contains("needs a user name") == true, "\(noUser ?? "connected")")
+        let missing = await failure(["MQTT_URL": servers.mqttURL(user: "w1"), "MQTT_PASSWORD_FILE": file + ".missing"])
+        #expect(missing?.contains("MQTT_PASSWORD_FILE") == true && missing?.contains(file + ".missing") == true,
+                "\(missing ?? "connected")")
+        let wrongFile = try servers.secretFile("lib-mqtt-wrong", "wrong-Secret-4u")
+        let refused = await failure(["MQTT_URL": servers.mqttURL(user: "w1"), "MQTT_PASSWORD_FILE": wrongFile])
+        #expect(refused != nil, "a wrong password in the file is refused")
+        for message in [both, noUser, missing, refused].compactMap({ $0 }) {
+            #expect(!message.contains(secret) && !message.contains("wrong-Secret-4u"), "secret in error: \(message)")
+        }
+        await observer.disconnect()
     }
 
     @Test("end to end with the shipped ACLs: worker w1 publishes, the processor (user processor) applies it, the bridge (user bridge) acks it to w1 only; passwords from *_FILE")
