@@ -65,7 +65,7 @@ let package = Package(
         .target(
             name: "OpsBusHTTP",
             dependencies: [
-                .product(name: "Logging", package: "swift-log"), .product(name: "CoreMetrics", package: "swift-metrics"),
+                "OpsBusMQTT", .product(name: "Logging", package: "swift-log"), .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),

@@ -6,26 +6,14 @@ import Prometheus
 /// `BridgeStatistics`, brought up to date at scrape time; the Redis `opsbus:stats` hash keeps totals across restarts.
 public final class BridgeMetrics: Sendable {
     public let registry = MetricsRegistry()
-    private let mqttConnects: Prometheus.Counter
-    private let mqttDisconnects: Prometheus.Counter
-    private let mqttReconnectAttempts: Prometheus.Counter
+    private let connection: MQTTConnectionMetrics
 
     public init() {
-        mqttConnects = registry.counter("mqtt_connects", help: "MQTT connections established (first connect and reconnects)")
-        mqttDisconnects = registry.counter("mqtt_disconnects", help: "MQTT connections lost")
-        mqttReconnectAttempts = registry.counter("mqtt_reconnect_attempts", help: "MQTT reconnect attempts scheduled")
+        connection = MQTTConnectionMetrics(registry: registry)
     }
 
     /// Counts connection events until the stream ends or the task is cancelled.
-    func count(_ events: AsyncStream<MQTTConnectionEvent>) async {
-        for await event in events {
-            switch event {
-            case .connected: mqttConnects.increment()
-            case .disconnected(let error): if error != nil { mqttDisconnects.increment() }
-            case .reconnecting: mqttReconnectAttempts.increment()
-            }
-        }
-    }
+    func count(_ events: AsyncStream<MQTTConnectionEvent>) async { await connection.count(events) }
 
     /// Syncs the counters from the bridge's statistics and journal, then renders the text format.
     func render(_ stats: BridgeStatistics, journal: (committed: JournalPosition, appended: JournalPosition, usedBytes: Int64),

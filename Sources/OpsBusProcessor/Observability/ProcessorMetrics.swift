@@ -16,9 +16,7 @@ public final class ProcessorMetrics: Sendable {
     let redisErrors: Prometheus.Counter
     let latency: DurationHistogram
     private let handedBack: Prometheus.Counter
-    private let mqttConnects: Prometheus.Counter
-    private let mqttDisconnects: Prometheus.Counter
-    private let mqttReconnectAttempts: Prometheus.Counter
+    private let connection: MQTTConnectionMetrics
 
     public init() {
         redisErrors = registry.counter(
@@ -28,9 +26,7 @@ public final class ProcessorMetrics: Sendable {
             help: "End-to-end latency: time of applying an event minus its timestamp (publisher clock)")
         handedBack = registry.counter(
             "events_handed_back", help: "Events handed back to the broker for redelivery because Redis stayed unreachable")
-        mqttConnects = registry.counter("mqtt_connects", help: "MQTT connections established (first connect and reconnects)")
-        mqttDisconnects = registry.counter("mqtt_disconnects", help: "MQTT connections lost")
-        mqttReconnectAttempts = registry.counter("mqtt_reconnect_attempts", help: "MQTT reconnect attempts scheduled")
+        connection = MQTTConnectionMetrics(registry: registry)
     }
 
     /// Counts one message's outcome (called on the thread that applied it).
@@ -66,15 +62,7 @@ public final class ProcessorMetrics: Sendable {
     }
 
     /// Counts connection events until the stream ends or the task is cancelled.
-    func count(_ events: AsyncStream<MQTTConnectionEvent>) async {
-        for await event in events {
-            switch event {
-            case .connected: mqttConnects.increment()
-            case .disconnected(let error): if error != nil { mqttDisconnects.increment() }
-            case .reconnecting: mqttReconnectAttempts.increment()
-            }
-        }
-    }
+    func count(_ events: AsyncStream<MQTTConnectionEvent>) async { await connection.count(events) }
 
     /// Brings the bus-wide metrics up to date from a report and the extra depths, then renders everything.
     func render(report: HealthReport?, depths: QueueDepths?, brokerConnected: Bool, redisReachable: Bool) -> String {
