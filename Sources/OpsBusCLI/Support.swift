@@ -41,8 +41,10 @@ struct ConnectionOptions: ParsableArguments {
 
     func redisEndpoint() throws -> RedisEndpoint {
         let settings = try RuntimeSettings.current
-        let url = try settings.value("REDIS_URL", flag: redisURL, flagName: "--redis-url") ?? "redis://127.0.0.1:6379"
         let passwordFile = try settings.value("REDIS_PASSWORD_FILE")
+        // With a password file the URL names only the user: ConnectionSecrets checks it then.
+        let url = try settings.value("REDIS_URL", flag: redisURL, flagName: "--redis-url", checkFlag: passwordFile == nil)
+            ?? "redis://127.0.0.1:6379"
         do throws(ConfigurationProblem) {
             return try ConnectionSecrets.redisEndpoint(
                 url: url, urlVariable: redisURL != nil ? "--redis-url" : "REDIS_URL", passwordFile: passwordFile)

@@ -124,6 +124,18 @@ struct EffectiveConfiguration: Sendable {
             if let value, source != .default { resolved.problem = spec.check(value) }
             settings.append(resolved)
         }
+        // With REDIS_PASSWORD_FILE the URL names only the user (`redis://opsbus@redis:6379`), which the URL parser
+        // alone refuses: check it as the commands use it.
+        if let urlIndex = settings.firstIndex(where: { $0.spec.name == "REDIS_URL" }),
+           let file = settings.first(where: { $0.spec.name == "REDIS_PASSWORD_FILE" }), file.source != .default,
+           let url = settings[urlIndex].value, settings[urlIndex].source != .default
+        {
+            do throws(ConfigurationProblem) {
+                settings[urlIndex].problem = Checks.redisURL(try ConnectionSecrets.redisURLExpectingFile(url, urlVariable: "REDIS_URL"))
+            } catch {
+                settings[urlIndex].problem = nil  // reported once, as a combination problem
+            }
+        }
         let configuration = EffectiveConfiguration(settings: settings, otherProblems: other, configFile: path)
         return EffectiveConfiguration(
             settings: settings, otherProblems: other + configuration.combinationProblems(), configFile: path)
@@ -197,11 +209,12 @@ enum ConnectionSecrets {
         return endpoint
     }
 
-    /// As `mqttEndpoint`; Redis accepts a password without a user name (the `default` user). The URL then names
-    /// only the user (`redis://opsbus@redis:6379`), which the URL parser alone refuses as ambiguous.
-    static func redisEndpoint(url: String, urlVariable: String, passwordFile: String?) throws(ConfigurationProblem) -> RedisEndpoint {
+    /// `url` with a placeholder password where REDIS_PASSWORD_FILE's content goes, so the URL parser accepts a URL
+    /// that names only the user.
+    /// - Throws: when the URL has a password too.
+    static func redisURLExpectingFile(_ url: String, urlVariable: String) throws(ConfigurationProblem) -> String {
         var text = url
-        if passwordFile != nil, let schemeEnd = url.range(of: "://") {
+        if let schemeEnd = url.range(of: "://") {
             let authorityEnd = url[schemeEnd.upperBound...].firstIndex(where: { $0 == "/" || $0 == "?" }) ?? url.endIndex
             let authority = url[schemeEnd.upperBound..<authorityEnd]
             if let at = authority.lastIndex(of: "@") {
@@ -210,11 +223,18 @@ enum ConnectionSecrets {
                         variable: "\(urlVariable) and REDIS_PASSWORD_FILE",
                         message: "both give a password; put it in only one of them")
                 }
-                text.insert(contentsOf: ":file", at: at)  // replaced by the file's content below
+                text.insert(contentsOf: ":file", at: at)  // replaced by the file's content
             } else {
                 text.insert(contentsOf: ":file@", at: schemeEnd.upperBound)
             }
         }
+        return text
+    }
+
+    /// As `mqttEndpoint`; Redis accepts a password without a user name (the `default` user). The URL then names
+    /// only the user (`redis://opsbus@redis:6379`), which the URL parser alone refuses as ambiguous.
+    static func redisEndpoint(url: String, urlVariable: String, passwordFile: String?) throws(ConfigurationProblem) -> RedisEndpoint {
+        let text = passwordFile != nil ? try redisURLExpectingFile(url, urlVariable: urlVariable) : url
         var endpoint: RedisEndpoint
         do {
             endpoint = try RedisEndpoint(url: text)

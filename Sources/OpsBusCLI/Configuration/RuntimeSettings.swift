@@ -112,12 +112,14 @@ struct RuntimeSettings: Sendable {
     /// The value of `name` (flag given by the caller > environment > config file > default), checked with the
     /// setting's validator; nil when unset and without a default.
     /// - Throws: `ExitCode(78)` after printing the variable, its source and what was expected.
-    func value(_ name: String, flag: String? = nil, flagName: String? = nil) throws -> String? {
+    /// - Parameter checkFlag: false when the caller checks the flag's value itself (a Redis URL that names only
+    ///   the user, for REDIS_PASSWORD_FILE).
+    func value(_ name: String, flag: String? = nil, flagName: String? = nil, checkFlag: Bool = true) throws -> String? {
         guard let setting = effective.settings.first(where: { $0.spec.name == name }) else {
             preconditionFailure("\(name) is not in SettingsCatalog")
         }
         if let flag {
-            if let problem = setting.spec.check(flag) {
+            if checkFlag, let problem = setting.spec.check(flag) {
                 throw ConfigurationFailure.exit(ConfigurationProblem(
                     variable: flagName ?? name, message: "\(problem) (from flag)"))
             }
