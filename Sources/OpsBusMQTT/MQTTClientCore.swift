@@ -51,7 +51,9 @@ final class MQTTClientCore: Sendable {
         var continuation: VoidContinuation?
         let topic: String
         let token: UInt64
-        var timer: Task<Void, Never>?
+        /// When the waiting caller gets `.publishTimeout` (checked by the one sweeper task, not a timer per publish:
+        /// at thousands of publishes per second, a timer each cost more than the publish).
+        var deadline: ContinuousClock.Instant?
         /// Set instead of `continuation` by `enqueuePublish`.
         var callback: MQTTPublishCallback? = nil
 
@@ -93,6 +95,8 @@ final class MQTTClientCore: Sendable {
         /// Slots of `maxOutstandingPublishes` in use (entries in `publishes` plus slots handed to a waiter).
         var outstanding = 0
         var slotWaiters: [(token: UInt64, continuation: VoidContinuation)] = []
+        /// The publish-timeout sweeper runs (only while some publish has a deadline).
+        var sweeping = false
         var requests: [Int32: PendingRequest] = [:]
         /// Granted subscriptions, re-subscribed after a reconnect without session.
         var subscriptions: [String: MQTTQoS] = [:]
@@ -301,12 +305,12 @@ final class MQTTClientCore: Sendable {
         let timeout = configuration.publishTimeout
         let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: VoidContinuation) in
-                state.withLock { s in
+                let startSweeper = state.withLock { s -> Bool in
                     if s.lifecycle == .stopped {
                         releaseSlot(&s)
                         continuation.resume(
                             returning: .failure(.disconnectedByClient(operation: operation, context: context)))
-                        return
+                        return false
                     }
                     var mid: Int32 = 0
                     let rc = callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: &mid)
@@ -314,31 +318,33 @@ final class MQTTClientCore: Sendable {
                     guard rc == MOSQ_ERR_SUCCESS.rawValue || rc == MOSQ_ERR_NO_CONN.rawValue else {
                         releaseSlot(&s)
                         continuation.resume(returning: .failure(publishError(rc, topic: topic)))
-                        return
+                        return false
                     }
                     if let stale = s.publishes[mid] {
                         // Only possible if 65536 message ids were used while this one stayed unacknowledged
                         // (QoS 0 publishes use ids too). Keep the bookkeeping consistent; the old entry is ambiguous.
                         // Its fate is unknown, so never report it as delivered.
                         logger.warning("message id \(mid) reused while still unacknowledged (topic '\(stale.topic)')")
-                        stale.timer?.cancel()
                         stale.continuation?.resume(returning: .failure(.publishTimeout(topic: stale.topic, seconds: timeout)))
                         releaseSlot(&s)
                     }
-                    let timer = makeTimer(seconds: timeout) { [mid] core in
-                        core.abandonPublish(mid: mid, token: token, error: .publishTimeout(topic: topic, seconds: timeout))
-                    }
-                    s.publishes[mid] = PendingPublish(continuation: continuation, topic: topic, token: token, timer: timer)
+                    s.publishes[mid] = PendingPublish(
+                        continuation: continuation, topic: topic, token: token,
+                        deadline: .now + .milliseconds(Int64(timeout * 1000)))
                     if Task.isCancelled {  // cancelled before the entry existed: onCancel found nothing to cancel
                         s.publishes[mid]?.continuation?.resume(returning: .failure(.cancelled(operation: operation)))
                         s.publishes[mid]?.continuation = nil
                     }
+                    if s.sweeping { return false }
+                    s.sweeping = true
+                    return true
                 }
+                if startSweeper { Task { [weak self] in await self?.sweepPublishTimeouts() } }
             }
         } onCancel: {
             state.withLock { s in
                 guard let (mid, _) = s.publishes.first(where: { $0.value.token == token }) else { return }
-                s.publishes[mid]?.timer?.cancel()
+                s.publishes[mid]?.deadline = nil
                 s.publishes[mid]?.continuation?.resume(returning: .failure(.cancelled(operation: operation)))
                 s.publishes[mid]?.continuation = nil
             }
@@ -367,11 +373,10 @@ final class MQTTClientCore: Sendable {
             s.outstanding += 1
             if var stale = s.publishes[mid] {
                 logger.warning("message id \(mid) reused while still unacknowledged (topic '\(stale.topic)')")
-                stale.timer?.cancel()
                 stale.finish(.failure(.publishTimeout(topic: stale.topic, seconds: configuration.publishTimeout)))
                 releaseSlot(&s)
             }
-            s.publishes[mid] = PendingPublish(continuation: nil, topic: topic, token: s.token(), timer: nil, callback: onComplete)
+            s.publishes[mid] = PendingPublish(continuation: nil, topic: topic, token: s.token(), deadline: nil, callback: onComplete)
             return MOSQ_ERR_SUCCESS.rawValue
         }
         switch rc {
@@ -496,13 +501,31 @@ final class MQTTClientCore: Sendable {
         }
     }
 
-    /// The caller stops waiting; the entry (and its slot) stays until libmosquitto reports the acknowledgement.
-    private func abandonPublish(mid: Int32, token: UInt64, error: MQTTError) {
-        state.withLock { s in
-            guard s.publishes[mid]?.token == token else { return }
-            s.publishes[mid]?.continuation?.resume(returning: .failure(error))
-            s.publishes[mid]?.continuation = nil
-            s.publishes[mid]?.timer = nil
+    /// Every 100 ms while publishes wait, gives those past their deadline `.publishTimeout`; the entry (and its
+    /// slot) stays until libmosquitto reports the acknowledgement, because the message is still queued there. Ends
+    /// when no waiting publish has a deadline (the next one starts it again).
+    private func sweepPublishTimeouts() async {
+        while true {
+            try? await Task.sleep(for: .milliseconds(100))
+            let now = ContinuousClock.now
+            let timeout = configuration.publishTimeout
+            let more = state.withLock { s -> Bool in
+                var more = false
+                for (mid, entry) in s.publishes {
+                    guard let deadline = entry.deadline else { continue }
+                    if now >= deadline {
+                        s.publishes[mid]?.continuation?.resume(
+                            returning: .failure(.publishTimeout(topic: entry.topic, seconds: timeout)))
+                        s.publishes[mid]?.continuation = nil
+                        s.publishes[mid]?.deadline = nil
+                    } else {
+                        more = true
+                    }
+                }
+                if !more { s.sweeping = false }
+                return more
+            }
+            if !more { return }
         }
     }
 
@@ -568,7 +591,6 @@ final class MQTTClientCore: Sendable {
     /// Terminal cleanup after `disconnect()`: every waiter gets `error`.
     private func failEverything(_ s: inout State, with error: MQTTError) {
         for (_, entry) in s.publishes {
-            entry.timer?.cancel()
             var finished = entry
             if case let .disconnectedByClient(_, context) = error {
                 finished.finish(.failure(.disconnectedByClient(operation: "publish to '\(entry.topic)'", context: context)))
@@ -633,7 +655,6 @@ final class MQTTClientCore: Sendable {
     fileprivate func onPublish(mid: Int32, reasonCode: Int32) {
         state.withLock { s in
             guard let entry = s.publishes.removeValue(forKey: mid) else { return }  // e.g. QoS 0 or a stale id
-            entry.timer?.cancel()
             releaseSlot(&s)
             var finished = entry
             if reasonCode >= 0x80 {

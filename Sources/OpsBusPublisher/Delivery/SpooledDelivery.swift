@@ -83,8 +83,12 @@ final class SpooledDelivery: Sendable {
     private let owner: Identifier
     private let logger: Logger
     private let state = Mutex(State())
-    private let signals: AsyncStream<Signal>
-    private let signal: AsyncStream<Signal>.Continuation
+    /// Signals not handled yet. The sender takes all of them at once and then hands out records once: at full
+    /// speed a PUBACK arrives every few microseconds, and a pass over the spool per PUBACK cost more than the
+    /// publish itself.
+    private let queue = Mutex<[Signal]>([])
+    private let wakes: AsyncStream<Void>
+    private let wakeContinuation: AsyncStream<Void>.Continuation
     private let tasks = Mutex<[Task<Void, Never>]>([])
 
     init(spool: Spool, options: SpoolOptions, client: MQTTClient, scheme: TopicScheme, currentSession: String,
@@ -96,7 +100,7 @@ final class SpooledDelivery: Sendable {
         self.currentSession = currentSession
         self.owner = owner
         self.logger = logger
-        (signals, signal) = AsyncStream.makeStream(of: Signal.self, bufferingPolicy: .unbounded)
+        (wakes, wakeContinuation) = AsyncStream.makeStream(of: Void.self, bufferingPolicy: .bufferingNewest(1))
         state.withLock { s in
             s.sessions[currentSession] = SessionProgress(
                 ackTopic: scheme.ackTopic(owner: owner, sessionID: currentSession), resendAfter: options.ackTimeout)
@@ -112,8 +116,10 @@ final class SpooledDelivery: Sendable {
                         metadata: ["session_id": "\(session)", "events": "\(spool.pending(sessionID: session).count)"])
         }
         let sender = Task { [self] in
-            for await event in signals {
-                handle(event)
+            for await _ in wakes {
+                for event in queue.withLock({ q in defer { q.removeAll(keepingCapacity: true) }; return q }) {
+                    handle(event)
+                }
                 await subscribeAckTopics()
                 pump()
             }
@@ -121,20 +127,30 @@ final class SpooledDelivery: Sendable {
         let timer = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .milliseconds(500))
-                signal.yield(.tick)
+                signal(.tick)
             }
         }
         tasks.withLock { $0 = [sender, timer] }
-        signal.yield(.wake)
+        signal(.wake)
     }
 
     func stop() {
-        signal.finish()
+        wakeContinuation.finish()
         for task in tasks.withLock({ $0 }) { task.cancel() }
     }
 
+    /// Queues a signal for the sender and wakes it (one wake covers everything queued by then).
+    private func signal(_ event: Signal) {
+        if case .wake = event {
+            // Nothing to handle: only the pass over the spool, which every wake makes anyway.
+        } else {
+            queue.withLock { $0.append(event) }
+        }
+        wakeContinuation.yield()
+    }
+
     /// A new event is in the spool, or the connection came back.
-    func wake() { signal.yield(.wake) }
+    func wake() { signal(.wake) }
 
     /// Feeds a message that arrived on one of our ack topics (the only topics the publisher subscribes to).
     /// An empty payload is a cleared retained ack; anything unparseable is logged and ignored.
@@ -151,7 +167,7 @@ final class SpooledDelivery: Sendable {
             logger.debug("ignoring an acknowledgement for no session in progress", metadata: ["topic": "\(topic)"])
             return
         }
-        signal.yield(.acknowledged(session: session, seq: UInt64(seq)))
+        signal(.acknowledged(session: session, seq: UInt64(seq)))
     }
 
     /// Events not yet acknowledged (all sessions).
@@ -251,9 +267,9 @@ final class SpooledDelivery: Sendable {
                     try client.enqueuePublish(
                         topic: record.topic, payload: payload, qos: MQTTQoS(rawValue: Int32(record.qos)) ?? .atLeastOnce,
                         retain: record.retain
-                    ) { [signal] result in
+                    ) { [weak self] result in
                         let success = if case .success = result { true } else { false }
-                        signal.yield(.brokerAcknowledged(session: session, seq: seq, success: success))
+                        self?.signal(.brokerAcknowledged(session: session, seq: seq, success: success))
                     }
                 } catch {
                     if case .outstandingLimitReached = error { break }
