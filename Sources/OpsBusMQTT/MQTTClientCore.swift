@@ -704,13 +704,17 @@ final class MQTTClientCore: Sendable {
         }
     }
 
-    fileprivate func onLog(level: Int32, text: String) {
-        switch level {
-        case MOSQ_LOG_ERR: logger.error("libmosquitto: \(text)")
-        case MOSQ_LOG_WARNING: logger.warning("libmosquitto: \(text)")
-        case MOSQ_LOG_NOTICE, MOSQ_LOG_INFO: logger.debug("libmosquitto: \(text)")
-        default: logger.trace("libmosquitto: \(text)")
+    /// libmosquitto logs every packet at its debug level (a callback per PUBLISH and PUBACK): the text is only
+    /// turned into a String when our logger would print it.
+    fileprivate func onLog(level: Int32, text: UnsafePointer<CChar>) {
+        let mapped: Logger.Level = switch level {
+        case MOSQ_LOG_ERR: .error
+        case MOSQ_LOG_WARNING: .warning
+        case MOSQ_LOG_NOTICE, MOSQ_LOG_INFO: .debug
+        default: .trace
         }
+        guard mapped >= logger.logLevel else { return }
+        logger.log(level: mapped, "libmosquitto: \(String(cString: text))")
     }
 
     // MARK: - Network thread
@@ -1042,5 +1046,5 @@ private func mqttOnUnsubscribe(_ mosq: OpaquePointer?, _ userdata: UnsafeMutable
 
 private func mqttOnLog(_ mosq: OpaquePointer?, _ userdata: UnsafeMutableRawPointer?, _ level: Int32, _ text: UnsafePointer<CChar>?) {
     guard let text else { return }
-    core(userdata)?.onLog(level: level, text: String(cString: text))
+    core(userdata)?.onLog(level: level, text: text)
 }
