@@ -101,10 +101,13 @@ public final class ServerProcess: Sendable {
         return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines).joined(separator: "\n")
     }
 
+    /// Kills the server and removes its private directory (data, config, log): a test run starts hundreds of
+    /// servers, and their directories must not pile up in the temp dir.
     deinit {
         process.withLock { child in
             if let child, child.isRunning { Foundation.kill(child.processIdentifier, SIGKILL); child.waitUntilExit() }
         }
+        try? FileManager.default.removeItem(at: directory)
     }
 }
 
