@@ -12,8 +12,7 @@ final class EventApplier {
     private let logger: Logger
     private var redis: RedisConnection?
     private var keys: RedisKeys { configuration.keys }
-    /// Called with each outcome once it is in Redis and before it is counted there, so in-memory counters never
-    /// lag the stats hash.
+    /// Called with each outcome once it is in Redis (and counted in the stats hash, by the same script call).
     private let onApplied: @Sendable (ApplyResult) -> Void
     /// Prometheus counters and the latency histogram (`/metrics`).
     private let metrics: ProcessorMetrics?
@@ -87,23 +86,22 @@ final class EventApplier {
     private func execute(_ plan: RedisPlan) -> ApplyResult {
         let deadline = Date().addingTimeInterval(configuration.redisRetryWindow)
         var failures = 0
+        // Set once an attempt failed after its call may have reached Redis: the re-run must not count the
+        // message again (see `EventStatsScript`).
+        var retried = false
         while true {
             do throws(RedisError) {
                 let connection = try connection()
-                let applied = try plan.apply(on: connection)
+                let applied = try plan.apply(on: connection, retried: retried)
                 let result = applied.result
                 if let failure = applied.sequenceError {
                     logger.warning("gap tracking failed for this event (the event itself is applied)",
                                    metadata: ["error": "\(failure)", "topic": "\(plan.topic)"])
                 }
                 onApplied(result)
-                do {
-                    try plan.recordStats(result, on: connection)
-                } catch {
-                    logger.warning("could not count the event in the stats", metadata: ["error": "\(error)"])
-                }
                 return result
             } catch let error {
+                if error.commandMayHaveRun { retried = true }
                 switch error {
                 case .server(let message, let command)
                 where !Self.transientServerErrors.contains(error.serverErrorCode ?? ""):

@@ -21,10 +21,7 @@ enum JobActionContext {
             if let value = fields[field], value != .null { context[name ?? field] = value }
         }
         if let serviceType = envelope.serviceType { context["service_type"] = .string(serviceType) }
-        // The worker's own events say which of its processes runs the job (see `JobEventScript`, `worker_session`).
-        if envelope.workerID != nil && envelope.source != EventFactoryLite.source {
-            context["session_id"] = .string(envelope.sessionID)
-        }
+        if let session = workerSession(envelope) { context["session_id"] = .string(session) }
         switch envelope.eventType {
         case .jobStarted:
             if let allocation = fields["resource_allocation"], case .object = allocation {
@@ -48,6 +45,12 @@ enum JobActionContext {
             break
         }
         return .object(context)
+    }
+
+    /// The session of the worker process that sent the event: the worker's own events say which of its processes
+    /// runs the job (see `JobEventScript`, `worker_session`); nil for events of others (e.g. the processor's own).
+    static func workerSession(_ envelope: EventEnvelope) -> String? {
+        envelope.workerID != nil && envelope.source != EventFactoryLite.source ? envelope.sessionID : nil
     }
 
     /// When to retry a failed attempt, or why not.

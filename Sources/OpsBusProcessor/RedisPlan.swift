@@ -9,6 +9,9 @@ struct RedisPlan {
         case entityEvent(keys: [String], arguments: [String])
         case deadLetter(entry: [String])
     }
+    /// The script argument (1-based ARGV index) that says whether an earlier attempt may have run (`EventStatsScript`).
+    static let jobRetriedArgument = 18
+    static let entityRetriedArgument = 10
 
     let topic: String
     let payload: [UInt8]
@@ -20,6 +23,8 @@ struct RedisPlan {
     let keys: RedisKeys
     /// The dead-letter reason, for dead-letter plans.
     let reason: String?
+    /// When the message was taken: its minute of the per-minute stats and `last_event_at`.
+    let now: EventTimestamp
 
     var isDeadLetter: Bool { reason != nil }
 
@@ -35,6 +40,7 @@ struct RedisPlan {
         self.sequence = sequence
         let shown = payload.count > 4096 ? Array(payload.prefix(4096)) : payload
         let text = String(decoding: shown, as: UTF8.self)
+        self.now = EventTimestamp.now()
         self.action = .deadLetter(entry: [
             "XADD", keys.deadLetters, "MAXLEN", "~", "100000", "*",
             "topic", topic, "reason", reason.description, "payload", text,
@@ -55,19 +61,26 @@ struct RedisPlan {
         let ttl = String(configuration.dedupWindowSeconds)
         let fields = envelope.fields
         sequence = Self.sequenceTracking(envelope, configuration: configuration)
+        let now = EventTimestamp.now()
+        self.now = now
+        let statsKeys = [keys.stats, keys.statsMinute(now.millisecondsSinceEpoch / 60_000)]
 
         if let lifecycle = Self.lifecycleEvent(envelope.eventType), let jobID = envelope.jobID?.rawValue {
             let worker = envelope.workerID?.rawValue ?? fields["worker_assigned"]?.stringValue ?? ""
             var jobKeys = [keys.job(jobID), keys.jobTimeline(jobID), keys.jobSeen(jobID)]
             jobKeys += JobEventScript.statuses.map(keys.jobsByStatus)
             jobKeys.append(worker.isEmpty ? keys.job(jobID) : keys.jobsByWorker(worker))
+            jobKeys += statsKeys
             var arguments = [
                 envelope.eventID, lifecycle, String(envelope.attempt ?? 1),
                 fields["progress_percentage"]?.doubleValue.map { String($0) } ?? "",
                 envelope.timestamp.iso8601, String(decoding: payload, as: UTF8.self),
                 String(configuration.timelineLimit), jobID, ttl, worker,
                 JobActionContext.make(envelope, configuration: configuration).serialized(),
+                keys.prefix, configuration.automation ? "1" : "", String(envelope.timestamp.millisecondsSinceEpoch),
+                JobActionContext.workerSession(envelope) ?? "", envelope.eventType.rawValue, now.iso8601, "",
             ]
+            assert(arguments.count + 1 == JobEventScript.firstFieldArgument)
             arguments += Self.jobFields(envelope, worker: worker)
             action = .jobEvent(keys: jobKeys, arguments: arguments)
             return
@@ -79,9 +92,11 @@ struct RedisPlan {
         var arguments = [envelope.eventID, String(envelope.timestamp.millisecondsSinceEpoch), ttl, id,
                          String(state.count / 2), isLastWill ? envelope.sessionID : "",
                          Self.entityContext(kind: kind, envelope, isLastWill: isLastWill,
-                                            configuration: configuration).serialized()]
+                                            configuration: configuration).serialized(),
+                         envelope.eventType.rawValue, now.iso8601, ""]
+        assert(arguments.count + 1 == EntityEventScript.firstStateArgument)
         arguments += state + counters
-        action = .entityEvent(keys: [keys.entity(kind, id), keys.entitySeen(kind, id), keys.entityIndex(kind)],
+        action = .entityEvent(keys: [keys.entity(kind, id), keys.entitySeen(kind, id), keys.entityIndex(kind)] + statsKeys,
                               arguments: arguments)
     }
 
@@ -92,29 +107,35 @@ struct RedisPlan {
         var sequenceError: String?
     }
 
-    /// Runs the script (or the dead-letter write), with gap tracking in the same round trip: the part that must
-    /// succeed before the message is acknowledged. A transient error in either call throws, and the whole plan is
-    /// retried (both calls are idempotent); a permanent error of gap tracking alone is returned, not thrown.
-    func apply(on redis: RedisConnection) throws(RedisError) -> Applied {
+    /// Runs the script (or the dead-letter write), with gap tracking and the stats count in the same round trip:
+    /// the part that must succeed before the message is acknowledged. A transient error in either call throws, and
+    /// the whole plan is retried (both calls are idempotent); a permanent error of gap tracking alone is returned, not
+    /// thrown. `retried`: an earlier attempt of this plan may have reached Redis (see `EventStatsScript`).
+    func apply(on redis: RedisConnection, retried: Bool = false) throws(RedisError) -> Applied {
         let script: RedisScript
-        let scriptKeys: [String], scriptArguments: [String]
+        let scriptKeys: [String]
+        var scriptArguments: [String]
         switch action {
         case let .jobEvent(keys, arguments):
             (script, scriptKeys, scriptArguments) = (JobEventScript.script, keys, arguments)
+            if retried { scriptArguments[Self.jobRetriedArgument - 1] = "1" }
         case let .entityEvent(keys, arguments):
             (script, scriptKeys, scriptArguments) = (EntityEventScript.script, keys, arguments)
+            if retried { scriptArguments[Self.entityRetriedArgument - 1] = "1" }
         case let .deadLetter(entry):
-            guard let sequence else {
-                _ = try redis.command(entry)
-                return Applied(result: .deadLettered(reason: reason ?? "rejected"))
-            }
+            // Counted with the entry; a retry may write the entry (and count it) again, as the entry has no id.
             var pipeline = redis.makePipeline()
             pipeline.append(entry)
-            pipeline.appendEvaluate(SequenceScript.script, keys: sequence.keys, arguments: sequence.arguments)
+            for command in EventStatsScript.commands(keys: keys, eventType: eventType, outcome: "dead_lettered", now: now) {
+                pipeline.append(command)
+            }
+            if let sequence {
+                pipeline.appendEvaluate(SequenceScript.script, keys: sequence.keys, arguments: sequence.arguments)
+            }
             let replies = try pipeline.execute()
             if let message = replies[0].errorMessage { throw .server(message: message, command: "XADD") }
             return Applied(result: .deadLettered(reason: reason ?? "rejected"),
-                           sequenceError: try Self.sequenceFailure(replies[1]))
+                           sequenceError: sequence == nil ? nil : try Self.sequenceFailure(replies[replies.count - 1]))
         }
         var pipeline = redis.makePipeline()
         pipeline.appendEvaluate(script, keys: scriptKeys, arguments: scriptArguments)
@@ -157,30 +178,6 @@ struct RedisPlan {
                 EventID.timestamp(of: session).map { String($0.millisecondsSinceEpoch) } ?? "",
                 String(configuration.dedupWindowSeconds), String(configuration.maxOpenGapsPerSession),
             ])
-    }
-
-    /// Counts the outcome in the stats hashes. Best effort: the state is already applied, so a failure here is
-    /// logged by the caller, never retried (a retry would count the event again as a duplicate).
-    func recordStats(_ result: ApplyResult, on redis: RedisConnection) throws(RedisError) {
-        let outcome: String
-        switch result {
-        case .applied(let name): outcome = name
-        case .duplicate: outcome = "duplicate"
-        case .deadLettered: outcome = "dead_lettered"
-        case .retryLater: outcome = "retry"
-        }
-        let now = EventTimestamp.now()
-        let minuteKey = keys.statsMinute(now.millisecondsSinceEpoch / 60_000)
-        _ = try redis.pipeline([
-            ["HINCRBY", keys.stats, "events_received", "1"],
-            ["HINCRBY", keys.stats, "type:\(eventType)", "1"],
-            ["HINCRBY", keys.stats, "outcome:\(outcome)", "1"],
-            ["HSET", keys.stats, "last_event_at", now.iso8601, "last_event_type", eventType],
-            ["HINCRBY", minuteKey, "events", "1"],
-            ["HINCRBY", minuteKey, "type:\(eventType)", "1"],
-            ["HINCRBY", minuteKey, "outcome:\(outcome)", "1"],
-            ["EXPIRE", minuteKey, String(RedisKeys.minuteStatsRetention)],
-        ])
     }
 
     // MARK: Mapping events to Redis fields

@@ -36,22 +36,28 @@ import OpsBusRedis
 /// - service: turning `unhealthy` publishes `trigger.failover` (reason unhealthy); turning healthy again after
 ///   that publishes it with reason recovered.
 ///
-/// KEYS: 1 entity hash, 2 seen-event-id set, 3 index sorted set (ids by last update).
+/// KEYS: 1 entity hash, 2 seen-event-id set, 3 index sorted set (ids by last update), 4 the stats hash, 5 the stats
+///       hash of the current minute (`EventStatsScript`: the event is counted in the same call).
 /// ARGV: 1 event_id, 2 event time (ms since epoch), 3 seen-set TTL seconds, 4 entity id, 5 number of state pairs,
-///       6 session id of a last will ("" for other events), 7 action context (JSON), 8.. state field/value pairs,
+///       6 session id of a last will ("" for other events), 7 action context (JSON), 8 event type, 9 now (ISO 8601),
+///       10 "1" when an earlier attempt of this call may have run, 11.. state field/value pairs,
 ///       then counter field/increment pairs.
 /// Returns: `applied`, `stale` (counters added, state kept because a newer event is stored), `stale_will` or
 /// `duplicate`.
 enum EntityEventScript {
-    static let script = RedisScript(name: "opsbus_apply_entity_event", source: #"""
+    static let firstStateArgument = 11
+
+    static let script = RedisScript(name: "opsbus_apply_entity_event", source: EventStatsScript.function + #"""
 local entity, seen, index = KEYS[1], KEYS[2], KEYS[3]
 local event_id, ts, seen_ttl, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local state_pairs, will_session = tonumber(ARGV[5]), ARGV[6]
 local ctx = cjson.decode(ARGV[7])
-local first_state = 8
+local first_state = 11
 local p = ctx.prefix
+
+local function apply()
 if redis.call('SADD', seen, event_id) == 0 then return 'duplicate' end
-redis.call('EXPIRE', seen, seen_ttl)
+if redis.call('TTL', seen) < seen_ttl - math.floor(seen_ttl / 10) then redis.call('EXPIRE', seen, seen_ttl) end
 local first_counter = first_state + state_pairs * 2
 for i = first_counter, #ARGV, 2 do redis.call('HINCRBYFLOAT', entity, ARGV[i], ARGV[i + 1]) end
 local last_seen = tonumber(redis.call('HGET', entity, 'last_seen_ms')) or 0
@@ -212,5 +218,10 @@ elseif ctx.kind == 'service' and ctx.status then
   end
 end
 return 'applied'
+end
+
+local result = apply()
+count_event(KEYS[4], KEYS[5], ARGV[8], result, ARGV[9], ARGV[10])
+return result
 """#)
 }

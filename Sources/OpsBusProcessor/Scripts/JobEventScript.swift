@@ -13,7 +13,7 @@ import OpsBusRedis
 /// Every event of the worker itself also records its session as the job's `worker_session` when it is the
 /// attempt's newest (see `EntityEventScript`: a restarted worker's old jobs fail over).
 ///
-/// Actions (only when `ctx.automation`):
+/// Actions (only with automation on, ARGV 13):
 /// - started/progress (status → processing): the worker gets `current_job`, the job joins the worker's in-flight
 ///   set (for failover), the worker turns `busy` unless it reported a newer health or is `unreachable`;
 ///   `resource_allocation` is
@@ -27,18 +27,27 @@ import OpsBusRedis
 /// These keys are outside the job's hash slot: on a Redis Cluster the actions need their own calls (issue 3 note).
 ///
 /// KEYS: 1 job hash, 2 timeline list, 3 seen-event-id set, 4..9 the status index sets in `statuses` order,
-///       10 the worker's job set (or the job hash again when the event names no worker: a harmless no-op key).
+///       10 the worker's job set (or the job hash again when the event names no worker: a harmless no-op key),
+///       11 the stats hash, 12 the stats hash of the current minute (`EventStatsScript`).
 /// ARGV: 1 event_id, 2 lifecycle event (`received` … `dead_lettered`), 3 attempt, 4 progress or "",
 ///       5 event timestamp (ISO 8601), 6 timeline entry (the event JSON), 7 timeline limit, 8 job id,
-///       9 seen-set TTL seconds, 10 worker id or "", 11 action context (JSON, `JobActionContext`),
+///       9 seen-set TTL seconds, 10 worker id or "", 11 action context (JSON, `JobActionContext`; decoded only when
+///       an action runs), 12 key prefix, 13 automation ("1" or ""), 14 event time (ms since epoch),
+///       15 the sending worker's session id or "" (`JobActionContext.workerSession`), 16 event type (stats),
+///       17 now (ISO 8601, stats), 18 "1" when an earlier attempt of this call may have run (stats),
 ///       then field/value pairs to write for this event.
 /// Returns: { outcome, status, previous status or "", reason or "" } with outcome
 ///          `applied` (status changed), `filled` (fields filled, status kept), `ignored`, or `duplicate`.
+///
+/// Cost (issue 6): one call per event, about 15 Redis commands for a progress event. The job hash is written with one
+/// `HSET` (pending writes are collected and flushed before anything reads them back), the seen set's TTL is renewed
+/// only when a tenth of it has passed, the timeline trimmed only when over its limit, and the JSON context decoded
+/// only when an automated action runs.
 enum JobEventScript {
     static let statuses = ["received", "processing", "completed", "failed", "retry_scheduled", "dead_lettered"]
-    static let firstFieldArgument = 12
+    static let firstFieldArgument = 19
 
-    static let script = RedisScript(name: "opsbus_apply_job_event", source: #"""
+    static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + #"""
 local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
 local statuses = {'received', 'processing', 'completed', 'failed', 'retry_scheduled', 'dead_lettered'}
 local rank = {received = 0, processing = 1, completed = 2, failed = 2, retry_scheduled = 3, dead_lettered = 3}
@@ -47,9 +56,24 @@ local implied = {received = 'received', started = 'processing', progress = 'proc
 local event_id, event, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local progress_arg, ts, entry = ARGV[4], ARGV[5], ARGV[6]
 local timeline_limit, job_id, seen_ttl, worker_id = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10]
-local ctx = cjson.decode(ARGV[11])
-local first_field = 12
-local p = ctx.prefix
+local p, automation, ts_ms = ARGV[12], ARGV[13] == '1', tonumber(ARGV[14])
+local session_id = ARGV[15]
+if session_id == '' then session_id = nil end
+local first_field = 19
+local ctx = nil
+
+-- Writes to the job hash, collected and sent as one HSET by flush() (before anything reads the hash again).
+local pending = {}
+local function put(field, value)
+  pending[#pending + 1] = field
+  pending[#pending + 1] = value
+end
+local function flush()
+  if #pending > 0 then
+    redis.call('HSET', job, unpack(pending))
+    pending = {}
+  end
+end
 
 local function outbox(fields)
   local args = {p .. 'opsbus:outbox', 'MAXLEN', '~', '1000000', '*'}
@@ -58,6 +82,7 @@ local function outbox(fields)
   redis.call('XADD', unpack(args))
 end
 local function notify(kind, details)
+  flush()
   if not ctx.notifications or redis.call('HGET', job, 'notify') ~= 'true' then return end
   details.job_id = job_id
   details.event = kind
@@ -76,44 +101,62 @@ local function release_resources(worker)
       -- The worker is free again, unless it reported a newer health of its own.
       redis.call('HDEL', wkey, 'current_job')
       local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
-      if ctx.ts_ms >= state_ts and redis.call('HGET', wkey, 'status') == 'busy' then
-        redis.call('HSET', wkey, 'status', 'idle', 'state_ts', ctx.ts_ms)
+      if ts_ms >= state_ts and redis.call('HGET', wkey, 'status') == 'busy' then
+        redis.call('HSET', wkey, 'status', 'idle', 'state_ts', ts_ms)
       end
     end
   end
 end
-local stored = redis.call('HMGET', job, 'status', 'attempt', 'progress', 'worker_id')
+-- Fills the event's fields that the hash does not have yet (HSETNX semantics, one read).
+local function fill_missing()
+  if #ARGV < first_field then return end
+  local names = {}
+  for i = first_field, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+  local have = redis.call('HMGET', job, unpack(names))
+  local filled = {}
+  for k = 1, #names do
+    if not have[k] and not filled[names[k]] then
+      filled[names[k]] = true
+      put(names[k], ARGV[first_field + 2 * (k - 1) + 1])
+    end
+  end
+end
+
+local function apply()
+local stored = redis.call('HMGET', job, 'status', 'attempt', 'progress', 'worker_id', 'worker_session_ms',
+                          'worker_session')
 local status, stored_attempt, progress = stored[1], tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
 local stored_worker = stored[4]
 if not status then status = nil end
 if not stored_worker then stored_worker = nil end
+local ws_ms, ws_session = tonumber(stored[5]) or -1, stored[6] or ''
 
 -- Duplicate delivery (same event_id): nothing changes, not even the timeline.
 if redis.call('SADD', seen, event_id) == 0 then
   return {'duplicate', status or '', status or '', ''}
 end
-redis.call('EXPIRE', seen, seen_ttl)
-redis.call('RPUSH', timeline, entry)
-redis.call('LTRIM', timeline, -timeline_limit, -1)
-redis.call('HSET', job, 'last_event_id', event_id, 'last_event_at', ts, 'job_id', job_id)
+-- The TTL runs from the job's latest events: renewed once a tenth of it has passed (a read, not a write, otherwise).
+if redis.call('TTL', seen) < seen_ttl - math.floor(seen_ttl / 10) then redis.call('EXPIRE', seen, seen_ttl) end
+if redis.call('RPUSH', timeline, entry) > timeline_limit then redis.call('LTRIM', timeline, -timeline_limit, -1) end
+put('last_event_id', event_id); put('last_event_at', ts); put('job_id', job_id)
 
 local target = implied[event]
-if target == nil then return {'ignored', status or '', status or '', 'unknown lifecycle event'} end
-if attempt == nil or attempt < 1 then return {'ignored', status or '', status or '', 'invalid attempt'} end
+if target == nil then flush(); return {'ignored', status or '', status or '', 'unknown lifecycle event'} end
+if attempt == nil or attempt < 1 then flush(); return {'ignored', status or '', status or '', 'invalid attempt'} end
 if attempt < stored_attempt then
   -- What a `received` says (model, sizes, notify) is about the job, not the attempt: fill what is missing, so the
   -- final hash does not depend on whether it arrived before a retry's events.
-  if event == 'received' then
-    for i = first_field, #ARGV, 2 do redis.call('HSETNX', job, ARGV[i], ARGV[i + 1]) end
-  end
+  if event == 'received' then fill_missing() end
+  flush()
   return {'ignored', status or '', status or '', 'stale attempt'}
 end
 
 local previous = status
+local worker_known = stored_worker ~= nil and stored_worker == worker_id
 if attempt > stored_attempt then
   -- A newer attempt starts clean: per-attempt fields go, history (timeline, attempts) stays. The previous
   -- attempt's worker no longer runs this job.
-  if ctx.automation then
+  if automation then
     if stored_worker then release_resources(stored_worker) end
     -- The attempt is running: a retry still scheduled for it (it started without waiting for the trigger,
     -- e.g. a replay) must not fire later.
@@ -123,17 +166,17 @@ if attempt > stored_attempt then
     'cost_estimate', 'resource_efficiency', 'error_type', 'error_message', 'error_category', 'retry_recommended',
     'execution_step', 'retry_due_at', 'next_attempt', 'dead_letter_reason', 'worker_id', 'worker_session',
     'worker_session_ms')
-  redis.call('HSET', job, 'attempt', attempt, 'attempts', attempt)
+  put('attempt', attempt); put('attempts', attempt)
   status, progress = nil, 0
+  ws_ms, ws_session = -1, ''
+  worker_known = false
 end
 
 -- Which worker process sent the attempt's newest event (by event time, then session id, so arrival order does
 -- not matter): after a worker restart, the jobs whose newest word came from the old process fail over.
-if ctx.session_id then
-  local ws = redis.call('HMGET', job, 'worker_session_ms', 'worker_session')
-  local ws_ms = tonumber(ws[1]) or -1
-  if ctx.ts_ms > ws_ms or (ctx.ts_ms == ws_ms and ctx.session_id > (ws[2] or '')) then
-    redis.call('HSET', job, 'worker_session', ctx.session_id, 'worker_session_ms', string.format('%d', ctx.ts_ms))
+if session_id then
+  if ts_ms > ws_ms or (ts_ms == ws_ms and session_id > ws_session) then
+    put('worker_session', session_id); put('worker_session_ms', string.format('%d', ts_ms))
   end
 end
 
@@ -160,13 +203,14 @@ if status == nil then
 elseif target == status then
   outcome = 'filled'
 elseif conflicts(status, target) then
+  flush()
   return {'ignored', status, previous or '', 'conflicting outcome'}
 elseif rank[target] > rank[status] then
   outcome = 'applied'
 end
 
 local function set_status(name)
-  redis.call('HSET', job, 'status', name)
+  put('status', name)
   for i, s in ipairs(statuses) do
     if s == name then redis.call('SADD', KEYS[3 + i], job_id) else redis.call('SREM', KEYS[3 + i], job_id) end
   end
@@ -174,16 +218,19 @@ local function set_status(name)
 end
 
 if outcome == 'applied' then
-  for i = first_field, #ARGV, 2 do redis.call('HSET', job, ARGV[i], ARGV[i + 1]) end
+  for i = first_field, #ARGV, 2 do put(ARGV[i], ARGV[i + 1]) end
   set_status(target)
 else
-  for i = first_field, #ARGV, 2 do redis.call('HSETNX', job, ARGV[i], ARGV[i + 1]) end
+  fill_missing()
 end
-if worker_id ~= '' then redis.call('SADD', KEYS[10], job_id) end
-redis.call('HSET', job, 'progress', tostring(new_progress))
+-- The worker's job set already holds the job when the stored worker is this one (added with it).
+if worker_id ~= '' and not worker_known then redis.call('SADD', KEYS[10], job_id) end
+put('progress', tostring(new_progress))
+flush()
 
 -- Automated actions, once per transition (a duplicate returned above; `filled` repeats nothing).
-if outcome ~= 'applied' or not ctx.automation then return {outcome, status, previous or '', ''} end
+if outcome ~= 'applied' or not automation then return {outcome, status, previous or '', ''} end
+ctx = cjson.decode(ARGV[11])
 
 local worker = worker_id
 if worker == '' then worker = stored_worker end
@@ -203,11 +250,12 @@ if target == 'processing' then
   elseif worker and worker ~= '' then
     local wkey = p .. 'worker:{' .. worker .. '}'
     redis.call('SADD', p .. 'worker:{' .. worker .. '}:inflight', job_id)
-    redis.call('HSET', wkey, 'current_job', job_id)
     local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
     -- An unreachable worker stays so until its birth: a start flushed or reordered after the will is older news.
-    if ctx.ts_ms >= state_ts and worker_status ~= 'unreachable' then
-      redis.call('HSET', wkey, 'status', 'busy', 'state_ts', ctx.ts_ms)
+    if ts_ms >= state_ts and worker_status ~= 'unreachable' then
+      redis.call('HSET', wkey, 'current_job', job_id, 'status', 'busy', 'state_ts', ts_ms)
+    else
+      redis.call('HSET', wkey, 'current_job', job_id)
     end
     if ctx.resource_allocation then
       redis.call('HSET', p .. 'resources:{' .. worker .. '}', 'job:' .. job_id, ctx.resource_allocation)
@@ -224,7 +272,7 @@ elseif target == 'completed' then
     if ctx.cost_estimate then redis.call('HINCRBYFLOAT', mkey, 'total_cost', ctx.cost_estimate) end
     if ctx.processing_time then redis.call('HINCRBYFLOAT', mkey, 'total_processing_time', ctx.processing_time) end
     if ctx.model_cache_hit == true then redis.call('HINCRBY', mkey, 'job_cache_hits', 1) end
-    redis.call('ZADD', p .. 'models', ctx.ts_ms, ctx.model)
+    redis.call('ZADD', p .. 'models', ts_ms, ctx.model)
   end
   local bucket = p .. 'patterns:success:' .. ctx.hour
   local field = service .. '|' .. model
@@ -257,6 +305,12 @@ elseif target == 'failed' then
   end
   notify('job.failed', {error_type = error_type, error = ctx.error_message, retry = ctx.retry_due_at or false})
 end
+flush()
 return {outcome, status, previous or '', ''}
+end
+
+local result = apply()
+count_event(KEYS[11], KEYS[12], ARGV[16], result[1], ARGV[17], ARGV[18])
+return result
 """#)
 }

@@ -1,0 +1,98 @@
+import OpsBusCore
+@testable import OpsBusProcessor
+import OpsBusPublisher
+import OpsBusRedis
+import Testing
+
+/// The stats line of a message is written by the same script call that applies it (`EventStatsScript`): one round
+/// trip, and an applied event counted exactly once even when its plan is re-run after a lost reply.
+@Suite("Processor stats counted in the apply call")
+struct ProcessorStatsTests {
+    let servers: TestServers
+    let keys = RedisKeys()
+    init() throws { servers = try TestServers() }
+
+    private func plan(_ prepared: EventFactory.Prepared, configuration: ProcessorConfiguration) throws -> RedisPlan {
+        let payload = prepared.envelope.encoded()
+        return RedisPlan(envelope: prepared.envelope, subject: try prepared.envelope.topicSubject(),
+                         topic: prepared.topic, payload: payload, configuration: configuration)
+    }
+
+    private func stats(_ redis: RedisConnection) throws -> [String: String] {
+        try redis.command(["HGETALL", keys.stats]).hashDictionary()
+    }
+
+    @Test("a job event is counted once; a re-run after a lost reply is not counted again; a redelivery counts as a duplicate")
+    func jobEventCountedOnce() throws {
+        let redis = try servers.redisConnection()
+        let configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-s")))
+        let started = try factory.prepare(.jobStarted, fields: ["worker_assigned": "gpu-s"],
+                                          options: .init(jobID: try Identifier(validating: "job-stats")))
+        let first = try plan(started, configuration: configuration)
+
+        #expect(try first.apply(on: redis).result == .applied(outcome: "applied"))
+        var counted = try stats(redis)
+        #expect(counted["events_received"] == "1")
+        #expect(counted["type:job.started"] == "1")
+        #expect(counted["outcome:applied"] == "1")
+        #expect(counted["last_event_type"] == "job.started")
+        #expect(counted["last_event_at"] == first.now.iso8601)
+        let minute = keys.statsMinute(first.now.millisecondsSinceEpoch / 60_000)
+        let perMinute = try redis.command(["HGETALL", minute]).hashDictionary()
+        #expect(perMinute["events"] == "1" && perMinute["type:job.started"] == "1" && perMinute["outcome:applied"] == "1")
+        let ttl = try #require(try redis.command(["TTL", minute]).int)
+        #expect(ttl > 0 && ttl <= RedisKeys.minuteStatsRetention)
+
+        // The same plan again, as after a reply lost on a broken connection: the state is there, nothing is counted.
+        #expect(try first.apply(on: redis, retried: true).result == .duplicate)
+        counted = try stats(redis)
+        #expect(counted["events_received"] == "1", "\(counted)")
+        #expect(counted["outcome:duplicate"] == nil, "\(counted)")
+
+        // The broker delivering the message again is a new message: counted, as a duplicate.
+        #expect(try plan(started, configuration: configuration).apply(on: redis).result == .duplicate)
+        counted = try stats(redis)
+        #expect(counted["events_received"] == "2")
+        #expect(counted["outcome:duplicate"] == "1")
+        #expect(counted["type:job.started"] == "2")
+        #expect(try redis.command(["LLEN", keys.jobTimeline("job-stats")]).int == 1)
+    }
+
+    @Test("an entity event is counted with its outcome in the same call; a re-run is not counted again")
+    func entityEventCountedOnce() throws {
+        let redis = try servers.redisConnection()
+        let configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-e")))
+        let heartbeat = try factory.prepare(.workerHeartbeat, fields: [:])
+        let first = try plan(heartbeat, configuration: configuration)
+
+        #expect(try first.apply(on: redis).result == .applied(outcome: "applied"))
+        #expect(try first.apply(on: redis, retried: true).result == .duplicate)
+        let counted = try stats(redis)
+        #expect(counted["events_received"] == "1", "\(counted)")
+        #expect(counted["type:worker.heartbeat"] == "1")
+        #expect(counted["outcome:applied"] == "1")
+        #expect(try redis.command(["HGET", keys.worker("gpu-e"), "heartbeats"]).string == "1")
+    }
+
+    @Test("the seen set keeps its TTL without a write per event, and the timeline stays trimmed")
+    func seenTTLAndTimelineTrim() throws {
+        let redis = try servers.redisConnection()
+        var configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        configuration.timelineLimit = 3
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-t")))
+        let jobID = try Identifier(validating: "job-trim")
+        for percent in [10, 20, 30, 40, 50] {
+            let progress = try factory.prepare(.jobProgress, fields: ["progress_percentage": .int(Int64(percent))],
+                                               options: .init(jobID: jobID))
+            _ = try plan(progress, configuration: configuration).apply(on: redis)
+        }
+        #expect(try redis.command(["LLEN", keys.jobTimeline("job-trim")]).int == 3)
+        #expect(try redis.command(["HGET", keys.job("job-trim"), "progress"]).string == "50")
+        let ttl = try #require(try redis.command(["TTL", keys.jobSeen("job-trim")]).int)
+        #expect(ttl > configuration.dedupWindowSeconds * 9 / 10 - 60 && ttl <= configuration.dedupWindowSeconds)
+        #expect(try redis.command(["SCARD", keys.jobSeen("job-trim")]).int == 5)
+        #expect(try stats(redis)["events_received"] == "5")
+    }
+}
