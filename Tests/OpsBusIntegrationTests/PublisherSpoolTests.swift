@@ -154,12 +154,16 @@ struct PublisherSpoolTests {
     @Test func birthAndWillCarryAnIncreasingPersistedBdSeq() async throws {
         let directory = bridgeTestDirectory()
         let sub = try await MosquittoSub(port: servers.broker.port, filters: ["workers/edge-5/health"])
+        // On a loaded box `connect` may return before the connection (and its bd_seq) exists: each run waits for its
+        // birth before it closes.
         let first = try await publisher(worker: "edge-5", spool: directory, ack: .broker, announce: true)
-        let firstBd = first.birthDeathSequence
+        _ = try await sub.waitForMessages(1)
         await first.close(drainTimeout: 1)
+        let firstBd = first.birthDeathSequence
         let second = try await publisher(worker: "edge-5", spool: directory, ack: .broker, announce: true)
-        #expect(second.birthDeathSequence > firstBd, "bd_seq survives a restart and increases")
+        _ = try await sub.waitForMessages(3)
         await second.close(drainTimeout: 1)
+        #expect(second.birthDeathSequence > firstBd, "bd_seq survives a restart and increases")
         // birth, offline, birth, offline
         let messages = try await sub.waitForMessages(4)
         sub.stop()

@@ -47,7 +47,9 @@ func configuration(_ directory: TemporaryDirectory, maxBytes: Int = 64 << 20, se
     configuration.segmentBytes = segmentBytes
     configuration.durability = durability
     configuration.dropNormalWhenFull = dropNormal
-    configuration.lockTimeoutMilliseconds = 0
+    // A close releases the flock at once, except while a child process another test is spawning still holds a copy
+    // of the descriptor (between its fork and exec): a reopen waits a little, as a restarting publisher does.
+    configuration.lockTimeoutMilliseconds = 5000
     return configuration
 }
 

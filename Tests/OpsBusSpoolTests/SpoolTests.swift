@@ -89,7 +89,9 @@ struct SpoolBasicTests {
         defer { directory.remove() }
         let first = try Spool.open(configuration(directory))
         try await first.append(event("a", 1))
-        #expect(throws: SpoolError.locked(directory: directory.path)) { try Spool.open(configuration(directory)) }
+        var impatient = configuration(directory)
+        impatient.lockTimeoutMilliseconds = 100
+        #expect(throws: SpoolError.locked(directory: directory.path)) { try Spool.open(impatient) }
         first.close()
         let closedAppend = await spoolError { () async throws(SpoolError) in try await first.append(event("a", 2)) }
         #expect(closedAppend == .closed)
