@@ -34,6 +34,13 @@ public enum JournalFsync: String, Sendable, Hashable, CaseIterable, CustomString
 /// (`<segment> <offset>`: everything before it is in Redis; replaced atomically by write + rename) and `lock`
 /// (an `flock` so two bridges never share a journal).
 ///
+/// **Cost at moderate rates** (issue 6, BENCHMARKS.md defect 3). At a steady 1,000 messages/s each writer batch holds
+/// one or two records, so per-batch file work dominates: the reader keeps the segment it reads open (one `pread` per
+/// batch instead of open + pread + close), and the writer persists the committed position lazily
+/// (`commit(_:persistAfter:)`: at most once per interval, when segments are deleted, when idle and on close) instead
+/// of a write + rename per batch. After a crash, replay then starts up to one interval earlier; Redis deduplicates
+/// those records like any other replay.
+///
 /// **Recovery.** On open, the tail of the newest segment is checked record by record (length + CRC32) from the
 /// committed offset; a torn last record (the process died inside `write`, or an OS crash lost a page) is cut off
 /// with `ftruncate`. Appends then go to a fresh segment. Replaying from the committed offset can repeat records
@@ -71,6 +78,21 @@ public final class Journal: Sendable {
     private let lockDescriptor: Int32
     private let state: Mutex<AppendState>
     private let logger: Logger
+
+    /// The segment the reader reads, kept open across reads (one `pread` per batch).
+    struct ReadCache {
+        var segment: UInt64
+        var descriptor: Int32
+    }
+    private let readCache = Mutex<ReadCache?>(nil)
+
+    /// The committed position as persisted in the `committed` file, and a newer one not persisted yet.
+    struct CommitFile {
+        var pending: JournalPosition?
+        var pendingSince: ContinuousClock.Instant?
+        var lastWrite: ContinuousClock.Instant?
+    }
+    private let commitFile = Mutex(CommitFile())
 
     /// Opens (creating if needed) and recovers the journal in `directory`, then starts a new segment for appends.
     public init(directory: String, maxBytes: Int64 = 1 << 30, segmentBytes: Int64? = nil, fsync: JournalFsync = .never,
@@ -147,8 +169,21 @@ public final class Journal: Sendable {
         close()
     }
 
-    /// Closes the append descriptor and releases the directory lock. Later appends fail.
+    /// Persists a pending committed position, closes the descriptors and releases the directory lock. Later
+    /// appends fail.
     public func close() {
+        let open = state.withLock { !$0.closed }
+        if open {
+            do {
+                try persistPendingCommit()
+            } catch {
+                logger.warning("journal: cannot persist the committed position on close", metadata: ["error": "\(error)"])
+            }
+        }
+        readCache.withLock { cache in
+            if let cache { Glibc.close(cache.descriptor) }
+            cache = nil
+        }
         state.withLock { state in
             guard !state.closed else { return }
             state.closed = true
@@ -235,6 +270,45 @@ public final class Journal: Sendable {
     /// Records everything before `position` as written to Redis: the `committed` file is replaced atomically
     /// (write, optional fsync, rename), then segments wholly before `position` are deleted.
     public func commit(_ position: JournalPosition) throws(BridgeError) {
+        try writeCommitted(position)
+        deleteObsoleteSegments(before: position)
+    }
+
+    /// Like `commit(_:)`, but the file is written only when its last write is at least `interval` old, or segments
+    /// become obsolete (they are deleted only after the file moved past them); otherwise the position is kept
+    /// pending for `persistPendingCommit()` (the writer calls it when idle and past the interval, and `close` does).
+    /// The in-memory `committed` moves at once. A crash loses at most `interval` of commits: those records are
+    /// replayed, and the Redis side deduplicates them.
+    public func commit(_ position: JournalPosition, persistAfter interval: Duration) throws(BridgeError) {
+        let now = ContinuousClock.now
+        let obsolete = state.withLock { state in state.segmentSizes.keys.contains { $0 < position.segment } }
+        let due = commitFile.withLock { file -> Bool in
+            if obsolete { return true }
+            guard let last = file.lastWrite, now - last < interval else { return true }
+            if file.pending == nil { file.pendingSince = now }
+            file.pending = position
+            return false
+        }
+        if due {
+            try writeCommitted(position)
+            deleteObsoleteSegments(before: position)
+        } else {
+            state.withLock { $0.committed = position }
+        }
+    }
+
+    /// When the pending committed position (if any) should be written: `interval` after it became pending.
+    public func pendingCommitDue(after interval: Duration) -> ContinuousClock.Instant? {
+        commitFile.withLock { file in file.pending == nil ? nil : file.pendingSince.map { $0 + interval } }
+    }
+
+    /// Writes the pending committed position, if any.
+    public func persistPendingCommit() throws(BridgeError) {
+        guard let pending = commitFile.withLock({ $0.pending }) else { return }
+        try writeCommitted(pending)
+    }
+
+    private func writeCommitted(_ position: JournalPosition) throws(BridgeError) {
         let path = directory + "/committed"
         let temporary = path + ".tmp"
         let text = Array("\(position.segment) \(position.offset)\n".utf8)
@@ -248,11 +322,32 @@ public final class Journal: Sendable {
         if fsync != .never { _ = fdatasync(descriptor) }
         Glibc.close(descriptor)
         guard rename(temporary, path) == 0 else { throw Self.ioError(path, "rename") }
+        let now = ContinuousClock.now
+        commitFile.withLock { file in
+            file.lastWrite = now
+            // A newer position may have become pending meanwhile (it stays pending); this one is on disk.
+            if file.pending.map({ $0 <= position }) ?? false {
+                file.pending = nil
+                file.pendingSince = nil
+            }
+        }
+        state.withLock { state in
+            if state.committed <= position { state.committed = position }
+        }
+    }
+
+    /// Deletes the segments wholly before `position` (already persisted as committed).
+    private func deleteObsoleteSegments(before position: JournalPosition) {
         let obsolete: [UInt64] = state.withLock { state in
-            state.committed = position
             let old = state.segmentSizes.keys.filter { $0 < position.segment }
             for segment in old { state.totalBytes -= state.segmentSizes.removeValue(forKey: segment) ?? 0 }
             return old.sorted()
+        }
+        readCache.withLock { cache in
+            if let current = cache, obsolete.contains(current.segment) {
+                Glibc.close(current.descriptor)
+                cache = nil
+            }
         }
         for segment in obsolete { unlink(Self.segmentPath(directory, segment)) }
     }
@@ -284,7 +379,7 @@ public final class Journal: Sendable {
             let path = Self.segmentPath(directory, position.segment)
             // At most 1 MiB per read (a batch rarely needs more); a larger record is read whole below.
             let length = Int(min(end - position.offset, Int64(max(min(budget, 1 << 20), JournalRecord.headerBytes))))
-            var buffer = try Self.readFile(path, offset: position.offset, length: length)
+            var buffer = try readSegment(position.segment, offset: position.offset, length: length)
             var consumed = 0
             var stop = false
             while entries.count < maxRecords && !stop {
@@ -302,7 +397,7 @@ public final class Journal: Sendable {
                 case let .incomplete(needed):
                     if consumed == 0, let needed, Int64(needed) <= end - position.offset {
                         // The first record is larger than the read budget: read exactly it.
-                        buffer = try Self.readFile(path, offset: position.offset, length: needed)
+                        buffer = try readSegment(position.segment, offset: position.offset, length: needed)
                         continue
                     }
                     if consumed == 0 && position.offset + Int64(buffer.count) >= end {
@@ -333,6 +428,23 @@ public final class Journal: Sendable {
             if budget <= 0 || consumed == 0 { break }
         }
         return (entries, position)
+    }
+
+    /// Reads from a segment through the cached descriptor, opening it (and closing the previous one) on a change.
+    private func readSegment(_ segment: UInt64, offset: Int64, length: Int) throws(BridgeError) -> [UInt8] {
+        let path = Self.segmentPath(directory, segment)
+        return try readCache.withLock { cache throws(BridgeError) -> [UInt8] in
+            if let current = cache, current.segment != segment {
+                Glibc.close(current.descriptor)
+                cache = nil
+            }
+            if cache == nil {
+                let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+                guard descriptor >= 0 else { throw Self.ioError(path, "open") }
+                cache = ReadCache(segment: segment, descriptor: descriptor)
+            }
+            return try Self.pread(cache!.descriptor, path: path, offset: offset, length: length)
+        }
     }
 
     // MARK: Files
@@ -433,11 +545,15 @@ public final class Journal: Sendable {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw ioError(path, "open") }
         defer { Glibc.close(descriptor) }
+        return try pread(descriptor, path: path, offset: offset, length: length)
+    }
+
+    static func pread(_ descriptor: Int32, path: String, offset: Int64, length: Int) throws(BridgeError) -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: length)
         var done = 0
         while done < length {
             let result = buffer.withUnsafeMutableBytes {
-                pread(descriptor, $0.baseAddress! + done, length - done, off_t(offset) + off_t(done))
+                Glibc.pread(descriptor, $0.baseAddress! + done, length - done, off_t(offset) + off_t(done))
             }
             if result < 0 {
                 if errno == EINTR { continue }

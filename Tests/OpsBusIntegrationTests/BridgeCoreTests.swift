@@ -124,6 +124,49 @@ struct BridgeJournalTests {
         #expect(recreated.identity != identity, "a recreated journal gets a new identity, so its j: dedup ids are new")
     }
 
+    @Test("a lazy commit moves the position at once and writes the file once per interval, on a segment change and on close")
+    func lazyCommit() throws {
+        let directory = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let journal = try Journal(directory: directory, maxBytes: 256 * 1024, segmentBytes: 16 * 1024)
+        let payload = String(repeating: "x", count: 1000)
+        for index in 0..<40 { _ = journal.append(record("t/\(index)", payload)) }
+        let entries = try journal.read(from: journal.committed, maxRecords: 40).entries
+        #expect(entries.count == 40)
+        let hour = Duration.seconds(3600)
+
+        // The first commit writes the file (nothing written yet); the next ones within the interval stay pending.
+        try journal.commit(entries[0].next, persistAfter: hour)
+        #expect(try Journal.readCommitted(directory) == entries[0].next)
+        try journal.commit(entries[1].next, persistAfter: hour)
+        try journal.commit(entries[2].next, persistAfter: hour)
+        #expect(journal.committed == entries[2].next, "the in-memory position moves at once")
+        #expect(try Journal.readCommitted(directory) == entries[0].next, "the file waits for the interval")
+        #expect(journal.pendingCommitDue(after: hour) != nil)
+        try journal.persistPendingCommit()
+        #expect(try Journal.readCommitted(directory) == entries[2].next)
+        #expect(journal.pendingCommitDue(after: hour) == nil)
+
+        // Moving past a segment deletes it, so the file is written first, whatever the interval.
+        let firstSegment = entries[0].position.segment
+        let later = try #require(entries.first { $0.position.segment > firstSegment })
+        try journal.commit(later.position, persistAfter: hour)
+        #expect(try Journal.readCommitted(directory) == later.position)
+        #expect(!FileManager.default.fileExists(atPath: Journal.segmentPath(directory, firstSegment)))
+
+        // Reads still see every record after the position (through the kept-open descriptor, across segments).
+        let rest = try journal.read(from: journal.committed, maxRecords: 100).entries
+        #expect(rest.map(\.record) == entries.drop { $0.position < later.position }.map(\.record))
+
+        // Pending at close: written, so a clean restart replays nothing already committed.
+        try journal.commit(entries[39].next, persistAfter: hour)
+        journal.close()
+        let reopened = try Journal(directory: directory)
+        #expect(reopened.committed == entries[39].next)
+        #expect(try reopened.read(from: reopened.committed, maxRecords: 10).entries.isEmpty)
+        reopened.close()
+    }
+
     @Test("a torn last record is cut off at reopen; the records before it stay")
     func tornTail() throws {
         let directory = temporaryDirectory()
