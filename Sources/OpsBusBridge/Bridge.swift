@@ -9,7 +9,7 @@ import Synchronization
 ///
 /// ```
 ///  broker ──QoS 1, durable session──▶ handler ──write(2)──▶ journal ──writer thread──▶ Redis (Lua: dedup + XADD)
-///          ◀──────── PUBACK after the handler returned                  └── committed offset (write + rename)
+///          ◀──────── PUBACK after the handler returned                  └── committed offset (write + rename, ≤ 10/s)
 /// ```
 ///
 /// Guarantees:
