@@ -74,9 +74,9 @@ public struct BridgeConfiguration: Sendable {
         self.journalDirectory = journalDirectory ?? Self.defaultJournalDirectory(instance: instance)
     }
 
-    /// `$OPSBUS_STATE_DIR` or `./.opsbus`, then `bridge[-<instance>]`.
-    public static func defaultJournalDirectory(instance: String?) -> String {
-        let base = ProcessInfo.processInfo.environment["OPSBUS_STATE_DIR"] ?? ".opsbus"
+    /// `stateDirectory` (default `$OPSBUS_STATE_DIR`, else `./.opsbus`), then `bridge[-<instance>]/journal`.
+    public static func defaultJournalDirectory(instance: String?, stateDirectory: String? = nil) -> String {
+        let base = stateDirectory ?? ProcessInfo.processInfo.environment["OPSBUS_STATE_DIR"] ?? ".opsbus"
         return base + "/bridge" + (instance.map { "-\($0)" } ?? "") + "/journal"
     }
 

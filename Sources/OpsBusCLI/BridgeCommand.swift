@@ -127,7 +127,9 @@ struct BridgeCommand: AsyncParsableCommand {
         let (routes, file) = try routeOptions.resolve(scheme: scheme)
         var configuration = BridgeConfiguration(
             mqtt: try connection.mqttEndpoint(), redis: try connection.redisEndpoint(), routes: routes,
-            instance: instance, clientID: clientID, journalDirectory: journal)
+            instance: instance, clientID: clientID,
+            journalDirectory: try journal ?? BridgeConfiguration.defaultJournalDirectory(
+                instance: instance, stateDirectory: RuntimeSettings.current.value("OPSBUS_STATE_DIR")))
         configuration.topicScheme = scheme
         configuration.acknowledgements = !noAcks && (file?.acknowledgements ?? true)
         if let seconds = file?.sessionTTLSeconds { configuration.sessionTTLSeconds = seconds }

@@ -49,10 +49,10 @@ struct PumpCommand: AsyncParsableCommand {
 
     func run() async throws {
         let logger = try common.makeLogger("opsbus.pump")
+        let environment = try RuntimeSettings.current.environment
         let context: PublisherContext
         do {
-            context = try PublisherContext.fromEnvironment(
-                ProcessInfo.processInfo.environment, workerID: workerID, serviceType: "pump")
+            context = try PublisherContext.fromEnvironment(environment, workerID: workerID, serviceType: "pump")
         } catch {
             throw ValidationError("\(error)")
         }

@@ -14,7 +14,7 @@ struct ServiceConfigurationTests {
         "OPSBUS_CONFIG": "", "MQTT_PASSWORD_FILE": "", "REDIS_PASSWORD_FILE": "", "OPSBUS_TOPIC_PREFIX": "",
         "EVENT_PROCESSING_BATCH_SIZE": "", "BUSINESS_LOGIC_TIMEOUT_MS": "", "OPSBUS_HTTP_PORT": "", "OPSBUS_LOG_LEVEL": "",
         "OPSBUS_LOG_FORMAT": "", "OPSBUS_BRIDGE_ROUTES": "", "NOTIFICATION_SERVICE_URL": "", "NOTIFICATION_SECRET": "",
-        "NOTIFICATION_SECRET_FILE": "",
+        "NOTIFICATION_SECRET_FILE": "", "OPSBUS_STATE_DIR": "",
     ]
 
     static func environment(_ values: [String: String] = [:]) -> [String: String] {
@@ -115,16 +115,16 @@ struct ServiceConfigurationTests {
         #expect(usage.status == 64, "a usage error: \(usage.stderr)")
     }
 
-    @Test("SIGTERM to a running bridge drains, logs a clean stop and exits 0")
+    @Test("SIGTERM to a running bridge drains, logs a clean stop and exits 0; its journal is under OPSBUS_STATE_DIR")
     func bridgeStopsCleanly() async throws {
         let servers = try TestServers()
         let port = Int(try LoopbackPort.allocate())
-        let journal = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-svc-journal-\(UUID().uuidString)").path
-        defer { try? FileManager.default.removeItem(atPath: journal) }
+        let state = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-svc-state-\(UUID().uuidString)").path
+        defer { try? FileManager.default.removeItem(atPath: state) }
         let file = try Self.configFile(["MQTT_URL=\(servers.mqttURL)", "REDIS_URL=\(servers.redisURL)",
-                                        "OPSBUS_HTTP_PORT=\(port)"])
+                                        "OPSBUS_HTTP_PORT=\(port)", "OPSBUS_STATE_DIR=\(state)"])
         defer { try? FileManager.default.removeItem(atPath: file) }
-        let bridge = try ChildProcess(try opsbusExecutable(), ["bridge", "--journal", journal, "--config", file],
+        let bridge = try ChildProcess(try opsbusExecutable(), ["bridge", "--config", file],
                                       environment: Self.environment())
         #expect(try await waitUntil(timeout: 60) { ObservabilityTests.get(port, "/health/ready")?.status == 200 },
                 "bridge never ready (OPSBUS_HTTP_PORT from the file): \(bridge.stderr)")
@@ -137,6 +137,9 @@ struct ServiceConfigurationTests {
         #expect(status == 0, "\(bridge.stderr)")
         #expect(bridge.stderr.contains("bridge shutting down: draining"), "\(bridge.stderr)")
         #expect(bridge.stderr.contains("bridge stopped cleanly"), "\(bridge.stderr)")
+        var isDirectory: ObjCBool = false
+        #expect(FileManager.default.fileExists(atPath: state + "/bridge/journal", isDirectory: &isDirectory)
+                && isDirectory.boolValue, "the default journal directory follows OPSBUS_STATE_DIR from the file")
     }
 
     @Test("--help documents the exit statuses and --shutdown-timeout")

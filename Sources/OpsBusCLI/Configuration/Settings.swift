@@ -87,6 +87,8 @@ enum SettingsCatalog {
                     check: Checks.integer(0...65_535)),
         SettingSpec("OPSBUS_HTTP_HOST", default: "127.0.0.1", "address the HTTP endpoints listen on (IPv4)",
                     check: Checks.ipv4),
+        SettingSpec("OPSBUS_STATE_DIR", default: ".opsbus", "bridge: base of the default journal directory",
+                    check: Checks.nonEmpty),
         SettingSpec("OPSBUS_BRIDGE_ROUTES", "bridge routes FILTER=STREAM[;…], separated by whitespace",
                     check: Checks.bridgeRoutes),
         SettingSpec("OPSBUS_QOS_OVERRIDES", "per-type QoS/retain, e.g. job.progress=1", check: Checks.qosOverrides),
