@@ -31,12 +31,21 @@ struct ConnectionOptions: ParsableArguments {
         let settings = try RuntimeSettings.current
         let url = try settings.value("MQTT_URL", flag: mqttURL, flagName: "--mqtt-url") ?? "mqtt://127.0.0.1:1883"
         let passwordFile = try settings.value("MQTT_PASSWORD_FILE")
+        var endpoint: MQTTEndpoint
         do throws(ConfigurationProblem) {
-            return try ConnectionSecrets.mqttEndpoint(
+            endpoint = try ConnectionSecrets.mqttEndpoint(
                 url: url, urlVariable: mqttURL != nil ? "--mqtt-url" : "MQTT_URL", passwordFile: passwordFile)
         } catch {
             throw ConfigurationFailure.exit(error)
         }
+        var files: [String: String?] = [:]
+        for name in MQTTTLSConfiguration.variableNames { files[name] = try settings.value(name) }
+        do throws(MQTTTLSConfiguration.VariableProblem) {
+            endpoint.tls = try MQTTTLSConfiguration.fromVariables(files, useTLS: endpoint.useTLS)
+        } catch {
+            throw ConfigurationFailure.exit(ConfigurationProblem(variable: error.variable, message: error.reason))
+        }
+        return endpoint
     }
 
     func redisEndpoint() throws -> RedisEndpoint {

@@ -172,7 +172,7 @@ final class MQTTClientCore: Sendable {
             try check(applyWill(will), "mosquitto_will_set")
         }
         if config.endpoint.useTLS {
-            let tls = config.tls ?? MQTTTLSConfiguration()
+            let tls = config.tls ?? config.endpoint.tls ?? MQTTTLSConfiguration()
             let caPath = tls.caFile == nil ? MQTTTLSConfiguration.defaultCAPath : nil
             try check(
                 mosquitto_tls_set(mosq, tls.caFile, caPath, tls.certFile, tls.keyFile, nil),

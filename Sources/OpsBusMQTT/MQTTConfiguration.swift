@@ -1,3 +1,5 @@
+import Foundation
+
 public enum MQTTQoS: Int32, Sendable, Hashable, CaseIterable {
     case atMostOnce = 0
     case atLeastOnce = 1
@@ -26,6 +28,43 @@ public struct MQTTTLSConfiguration: Sendable, Hashable {
         self.certFile = certFile
         self.keyFile = keyFile
         self.insecureSkipVerify = insecureSkipVerify
+    }
+}
+
+extension MQTTTLSConfiguration {
+    /// The variables that configure TLS for an `mqtts://` broker, as the CLI and `connectFromEnvironment` read them.
+    public static let variableNames = ["MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE"]
+
+    /// A problem with one of `variableNames`: the variable and what was expected (paths only, never file content).
+    public struct VariableProblem: Error, Sendable, Equatable {
+        public let variable: String
+        public let reason: String
+    }
+
+    /// TLS files from `MQTT_CA_FILE` (CA certificates, PEM; default the system store), `MQTT_CERT_FILE` and
+    /// `MQTT_KEY_FILE` (client certificate and key, both or neither). Nil when none is set (empty means unset).
+    /// They need an `mqtts://` URL (`useTLS`): files next to a plain-text URL would be a silent downgrade.
+    public static func fromVariables(_ values: [String: String?], useTLS: Bool) throws(VariableProblem)
+        -> MQTTTLSConfiguration?
+    {
+        func value(_ name: String) -> String? { values[name].flatMap { $0 }.flatMap { $0.isEmpty ? nil : $0 } }
+        let given = variableNames.filter { value($0) != nil }
+        guard let first = given.first else { return nil }
+        guard useTLS else {
+            throw VariableProblem(variable: first, reason: "TLS files need an mqtts:// broker URL (MQTT_URL)")
+        }
+        for name in given {
+            let path = value(name)!
+            if !FileManager.default.isReadableFile(atPath: path) {
+                throw VariableProblem(variable: name, reason: "cannot read '\(path)' (expected a PEM file)")
+            }
+        }
+        let certFile = value("MQTT_CERT_FILE"), keyFile = value("MQTT_KEY_FILE")
+        if (certFile == nil) != (keyFile == nil) {
+            throw VariableProblem(variable: "MQTT_CERT_FILE and MQTT_KEY_FILE",
+                                  reason: "a client certificate needs its key: give both or neither")
+        }
+        return MQTTTLSConfiguration(caFile: value("MQTT_CA_FILE"), certFile: certFile, keyFile: keyFile)
     }
 }
 
@@ -180,7 +219,7 @@ public struct MQTTClientConfiguration: Sendable {
                 throw .payloadTooLarge(topic: will.topic, size: will.payload.count, limit: MQTTValidation.maxPayload)
             }
         }
-        if let tls, (tls.certFile == nil) != (tls.keyFile == nil) {
+        if let tls = tls ?? endpoint.tls, (tls.certFile == nil) != (tls.keyFile == nil) {
             throw fail("tls", "certFile and keyFile must be given together")
         }
         if let username = endpoint.username, !MQTTValidation.isValidUTF8(username) {

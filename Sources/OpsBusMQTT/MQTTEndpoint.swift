@@ -8,6 +8,9 @@ public struct MQTTEndpoint: Sendable, Hashable, CustomStringConvertible, CustomD
     public var username: String?
     public var password: String?
     public var useTLS: Bool
+    /// CA, client certificate and key for `mqtts://` (nil: the system CA store, no client certificate). A client
+    /// configuration's own `tls` takes precedence.
+    public var tls: MQTTTLSConfiguration?
 
     public static let defaultPort = 1883
     public static let defaultTLSPort = 8883

@@ -7,7 +7,7 @@ import OpsBusSpool
 extension EventPublisher {
     /// Connects the way the seed's `ConnectorLogger` was configured: broker from `MQTT_URL`
     /// (default `mqtt://127.0.0.1:1883`; the password from the URL or from the file `MQTT_PASSWORD_FILE` names, not
-    /// both), context from `MACHINE_ID`, `WORKER_ID`, `SERVICE_TYPE`, `CONNECTOR_ID`,
+    /// both; for `mqtts://`, `MQTT_CA_FILE` and optionally `MQTT_CERT_FILE` + `MQTT_KEY_FILE`), context from `MACHINE_ID`, `WORKER_ID`, `SERVICE_TYPE`, `CONNECTOR_ID`,
     /// topic prefix from `OPSBUS_TOPIC_PREFIX`, QoS overrides from `OPSBUS_QOS_OVERRIDES` (syntax in topics.md).
     /// Workers (a `WORKER_ID` is set) spool by default (`spoolOptions(from:context:)`: `OPSBUS_SPOOL`,
     /// `OPSBUS_SPOOL_DIR`, `OPSBUS_SPOOL_MAX_BYTES`, `OPSBUS_SPOOL_DURABILITY`, `OPSBUS_ACK`, `OPSBUS_ACK_TIMEOUT`).
@@ -35,6 +35,12 @@ extension EventPublisher {
                     reason: "a password file needs a user name in MQTT_URL (mqtt://user@host:port)")
             }
             endpoint.password = try readSecretFile(passwordFile, variable: "MQTT_PASSWORD_FILE")
+        }
+        do throws(MQTTTLSConfiguration.VariableProblem) {
+            endpoint.tls = try MQTTTLSConfiguration.fromVariables(
+                MQTTTLSConfiguration.variableNames.reduce(into: [:]) { $0[$1] = environment[$1] }, useTLS: endpoint.useTLS)
+        } catch {
+            throw .invalidContext(variable: error.variable, reason: error.reason)
         }
         let scheme: TopicScheme
         do {

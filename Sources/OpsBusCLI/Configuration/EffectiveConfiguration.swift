@@ -169,6 +169,15 @@ struct EffectiveConfiguration: Sendable {
                 problems.append(error)
             }
         }
+        let tlsNames = MQTTTLSConfiguration.variableNames
+        if isValid("MQTT_URL"), tlsNames.allSatisfy(isValid), let url = try? MQTTEndpoint(url: value("MQTT_URL") ?? "") {
+            do throws(MQTTTLSConfiguration.VariableProblem) {
+                _ = try MQTTTLSConfiguration.fromVariables(
+                    tlsNames.reduce(into: [:]) { $0[$1] = setValue($1) }, useTLS: url.useTLS)
+            } catch {
+                problems.append(ConfigurationProblem(variable: error.variable, message: error.reason))
+            }
+        }
         let webhookNames = ["NOTIFICATION_SERVICE_URL", "NOTIFICATION_SECRET", "NOTIFICATION_SECRET_FILE"]
         if webhookNames.allSatisfy(isValid) {
             var environment: [String: String] = [:]

@@ -52,6 +52,11 @@ enum SettingsCatalog {
                     "broker, mqtt://[user[:pass]@]host[:port] or mqtts://…", check: Checks.mqttURL),
         SettingSpec("MQTT_PASSWORD_FILE", "file holding the broker password for MQTT_URL's user",
                     check: Checks.secretFile("MQTT_PASSWORD_FILE")),
+        SettingSpec("MQTT_CA_FILE", "mqtts://: CA certificates (PEM) to verify the broker; default the system store",
+                    check: Checks.readableFile),
+        SettingSpec("MQTT_CERT_FILE", "mqtts://: client certificate (PEM), with MQTT_KEY_FILE",
+                    check: Checks.readableFile),
+        SettingSpec("MQTT_KEY_FILE", "mqtts://: client key (PEM), with MQTT_CERT_FILE", check: Checks.readableFile),
         SettingSpec("REDIS_URL", default: "redis://127.0.0.1:6379", secrecy: .url,
                     "redis://[[user]:pass@]host[:port][/db]", check: Checks.redisURL),
         SettingSpec("REDIS_PASSWORD_FILE", "file holding the Redis password for REDIS_URL's user",
@@ -182,6 +187,11 @@ enum Checks {
     }
 
     @Sendable static func nonEmpty(_ value: String) -> String? { value.isEmpty ? "expected a non-empty value" : nil }
+
+    /// A file this process can read (certificates and keys: the path is checked, the content is the library's).
+    @Sendable static func readableFile(_ value: String) -> String? {
+        FileManager.default.isReadableFile(atPath: value) ? nil : "expected a readable file, cannot read '\(value)'"
+    }
 
     /// An absolute http or https URL with a host (webhook and resource manager targets).
     @Sendable static func httpURL(_ value: String) -> String? {
