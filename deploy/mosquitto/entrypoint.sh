@@ -18,4 +18,14 @@ done
 [ "$found" = 1 ] || { echo "mosquitto: no /run/secrets/mqtt_<user>_password secrets; refusing to start without accounts" >&2; exit 1; }
 chown mosquitto:mosquitto "$passwd"
 chmod 0600 "$passwd"
+# TLS files (deploy/secrets/tls, mounted read-only at /run/tls): mosquitto reads them after dropping to its own user,
+# so they are copied where that user, and only it, can read the key.
+certs=/mosquitto/certs
+mkdir -p "$certs"
+for file in ca.crt server.crt server.key; do
+    [ -r "/run/tls/$file" ] || { echo "mosquitto: /run/tls/$file missing; run deploy/generate-secrets" >&2; exit 1; }
+    cp "/run/tls/$file" "$certs/$file"
+done
+chown -R mosquitto:mosquitto "$certs"
+chmod 0600 "$certs/server.key"
 exec mosquitto -c /mosquitto/config/mosquitto.conf
