@@ -53,7 +53,36 @@ final class EventApplier {
         }
         let result = execute(plan)
         metrics?.record(result, eventType: envelope?.eventType, timestamp: envelope?.timestamp)
+        logOutcome(result, envelope: envelope, topic: topic)
         return result
+    }
+
+    /// One line per event with its ids as metadata (`--log-format json` makes them fields): a dead letter as a
+    /// warning, everything else at debug, so an operator can follow one job, worker or trace through the logs.
+    private func logOutcome(_ result: ApplyResult, envelope: EventEnvelope?, topic: String) {
+        let level: Logger.Level
+        let message: Logger.Message
+        switch result {
+        case .deadLettered: (level, message) = (.warning, "event dead-lettered")
+        case .applied: (level, message) = (.debug, "event applied")
+        case .duplicate: (level, message) = (.debug, "duplicate event ignored")
+        case .retryLater: return  // logged where Redis failed
+        }
+        guard level >= logger.logLevel else { return }
+        var metadata: Logger.Metadata = ["topic": "\(topic)"]
+        if case let .deadLettered(reason) = result { metadata["reason"] = "\(reason)" }
+        if case let .applied(outcome) = result { metadata["outcome"] = "\(outcome)" }
+        if let envelope {
+            metadata["event_id"] = "\(envelope.eventID)"
+            metadata["event_type"] = "\(envelope.eventType.rawValue)"
+            let ids: [(String, String?)] = [
+                ("job_id", envelope.jobID?.rawValue), ("worker_id", envelope.workerID?.rawValue),
+                ("machine_id", envelope.machineID?.rawValue), ("trace_id", envelope.traceID),
+                ("correlation_id", envelope.correlationID), ("session_id", envelope.sessionID),
+            ]
+            for case let (key, value?) in ids where !value.isEmpty { metadata[key] = "\(value)" }
+        }
+        logger.log(level: level, message, metadata: metadata)
     }
 
     /// Parses and checks a message; the failure string is the dead-letter reason.

@@ -143,6 +143,41 @@ struct ObservabilityTests {
         #expect(fromEnvironment.stderr.contains("OPSBUS_HTTP_PORT"), "\(fromEnvironment.stderr)")
     }
 
+    @Test("the processor logs each event with its job, worker and trace ids as metadata (JSON fields)")
+    func processorLogsEventIDs() async throws {
+        let servers = try TestServers()
+        let processor = try ChildProcess(
+            try opsbusExecutable(),
+            ["processor", "--mqtt-url", servers.mqttURL, "--redis-url", servers.redisURL, "--log-format", "json",
+             "--log-level", "debug"])
+        defer { processor.signal(SIGKILL) }
+        #expect(try await waitUntil { processor.stderr.contains("processor running") }, "\(processor.stderr)")
+        let started = try await run(
+            try opsbusExecutable(), ["publish", "job.received", "--job", "j-logged", "--trace-id", "trace-77", "--no-spool"],
+            environment: ["MQTT_URL": servers.mqttURL, "WORKER_ID": "gpu-logged"])
+        #expect(started.status == 0, "\(started.stderr)")
+        // A dead letter: not an event at all.
+        let raw = try await run(try opsbusExecutable(), ["publish", "--raw", "jobs/other-job/started", "{\"not\":\"an event\"}"],
+                                environment: ["MQTT_URL": servers.mqttURL])
+        #expect(raw.status == 0, "\(raw.stderr)")
+        func lines() -> [[String: Any]] {
+            processor.stderr.split(separator: "\n").filter { $0.hasPrefix("{") }.compactMap {
+                try? JSONSerialization.jsonObject(with: Data($0.utf8)) as? [String: Any]
+            }
+        }
+        func metadata(_ line: [String: Any]) -> [String: Any] { line["metadata"] as? [String: Any] ?? line }
+        #expect(try await waitUntil {
+            lines().contains { ($0["message"] as? String) == "event applied" && (metadata($0)["job_id"] as? String) == "j-logged" }
+        }, "\(processor.stderr)")
+        let applied = lines().first { ($0["message"] as? String) == "event applied" }.map(metadata) ?? [:]
+        #expect(applied["trace_id"] as? String == "trace-77" && applied["worker_id"] as? String == "gpu-logged"
+                && applied["event_type"] as? String == "job.received", "\(applied)")
+        #expect(try await waitUntil {
+            lines().contains { ($0["message"] as? String) == "event dead-lettered" && ($0["level"] as? String) == "warning"
+                && (metadata($0)["reason"] as? String)?.isEmpty == false }
+        }, "\(processor.stderr)")
+    }
+
     @Test("--log-format json writes one JSON object per line with level, label, message and metadata")
     func jsonLogs() async throws {
         let result = try await run(try opsbusExecutable(), ["publish", "job.received", "--job", "j-log",
