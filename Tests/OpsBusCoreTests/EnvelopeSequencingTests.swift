@@ -70,3 +70,50 @@ extension String {
         return result + rest
     }
 }
+
+/// Input limits on what an envelope may carry (README "Operating opsbus", topics.md "What readers refuse"): the same
+/// limits refuse a payload on decode and an event on publish.
+@Suite("Envelope input limits")
+struct EnvelopeLimitTests {
+    static func envelope() throws -> EventEnvelope { try EventEnvelope.decode(EnvelopeFixtures.payload(.jobCompleted)) }
+
+    @Test func tooManyFieldsAreRefusedOnDecodeAndOnPublish() throws {
+        var envelope = try Self.envelope()
+        for index in 0..<EventEnvelope.maximumEventFields { envelope.fields["extra_\(index)"] = .int(Int64(index)) }
+        #expect(throws: EnvelopeError.invalidFieldValue(
+            field: "(event fields)", value: "\(envelope.fields.count) fields", reason: "at most 256 event fields")) {
+            try envelope.validate()
+        }
+        #expect(throws: EnvelopeError.self) { try EventEnvelope.decode(envelope.encoded()) }
+        // At the limit it is fine.
+        var atLimit = try Self.envelope()
+        while atLimit.fields.count < EventEnvelope.maximumEventFields { atLimit.fields["f\(atLimit.fields.count)"] = true }
+        try atLimit.validate()
+        #expect(try EventEnvelope.decode(atLimit.encoded()).fields.count == EventEnvelope.maximumEventFields)
+    }
+
+    @Test func longFieldNamesAndLongEnvelopeTextAreRefused() throws {
+        var named = try Self.envelope()
+        named.fields[String(repeating: "n", count: EventEnvelope.maximumFieldNameBytes + 1)] = 1
+        #expect(throws: EnvelopeError.self) { try named.validate() }
+        #expect(throws: EnvelopeError.self) { try EventEnvelope.decode(named.encoded()) }
+        named.fields = try Self.envelope().fields
+        named.fields[String(repeating: "n", count: EventEnvelope.maximumFieldNameBytes)] = 1
+        try named.validate()
+
+        for field in ["trace_id", "correlation_id", "source", "service_type", "connector_id"] {
+            var envelope = try Self.envelope()
+            let long = String(repeating: "t", count: EventEnvelope.maximumEnvelopeTextBytes + 1)
+            switch field {
+            case "trace_id": envelope.traceID = long
+            case "correlation_id": envelope.correlationID = long
+            case "source": envelope.source = long
+            case "service_type": envelope.serviceType = long
+            default: envelope.connectorID = long
+            }
+            #expect(throws: EnvelopeError.invalidFieldValue(field: field, value: "513 bytes", reason: "at most 512 bytes")) {
+                try EventEnvelope.decode(envelope.encoded())
+            }
+        }
+    }
+}

@@ -374,7 +374,31 @@ public struct EventEnvelope: Sendable, Hashable {
 
     /// Checks the catalog fields of `eventType`: required ones present, present ones of the right kind
     /// (`null` counts as absent for optional fields), closed vocabularies and ranges respected.
+    /// At most this many event fields (keys beside the envelope's): bounds the Redis hash writes and the work one
+    /// hostile payload can cause, far above what any event type defines.
+    public static let maximumEventFields = 256
+    /// Longest event field name, bytes.
+    public static let maximumFieldNameBytes = 128
+    /// Longest free-text envelope value (`source`, `service_type`, `connector_id`, `trace_id`, `correlation_id`),
+    /// bytes: they become log metadata, Redis hash values and dashboard text.
+    public static let maximumEnvelopeTextBytes = 512
+
     func validateEventFields() throws(EnvelopeError) {
+        if fields.count > Self.maximumEventFields {
+            throw .invalidFieldValue(field: "(event fields)", value: "\(fields.count) fields",
+                                     reason: "at most \(Self.maximumEventFields) event fields")
+        }
+        for name in fields.keys where name.utf8.count > Self.maximumFieldNameBytes {
+            throw .invalidFieldValue(field: String(name.prefix(40)) + "…", value: "\(name.utf8.count) bytes",
+                                     reason: "field names are at most \(Self.maximumFieldNameBytes) bytes")
+        }
+        let texts: [(String, String?)] = [("source", source), ("service_type", serviceType),
+                                          ("connector_id", connectorID), ("trace_id", traceID),
+                                          ("correlation_id", correlationID)]
+        for case let (name, value?) in texts where value.utf8.count > Self.maximumEnvelopeTextBytes {
+            throw .invalidFieldValue(field: name, value: "\(value.utf8.count) bytes",
+                                     reason: "at most \(Self.maximumEnvelopeTextBytes) bytes")
+        }
         let schema = EventCatalog.schema(for: eventType)
         for spec in schema.fields {
             guard let value = fields[spec.name], !(value.isNull && !spec.required) else {
