@@ -142,6 +142,27 @@ struct ServiceConfigurationTests {
                 && isDirectory.boolValue, "the default journal directory follows OPSBUS_STATE_DIR from the file")
     }
 
+    @Test("a drain that cannot finish (Redis gone while an event is being applied) exits 75 after --shutdown-timeout")
+    func stuckShutdownExitsWithTheTimeoutStatus() async throws {
+        let servers = try TestServers()
+        let processor = try ChildProcess(
+            try opsbusExecutable(),
+            ["processor", "--mqtt-url", servers.mqttURL, "--redis-url", servers.redisURL, "--shutdown-timeout", "2",
+             "--log-level", "info"],
+            environment: Self.environment())
+        defer { processor.signal(SIGKILL) }
+        #expect(try await waitUntil(timeout: 60) { processor.stderr.contains("processor running") }, "\(processor.stderr)")
+        servers.redis.stop()
+        // The event is taken but cannot be written: the processor rides out the outage (20 s) before handing it back.
+        try await ObservabilityTests.publish(servers, ["job.received", "--job", "svc-stuck-1"])
+        #expect(try await waitUntil(timeout: 60) { processor.stderr.contains("Redis write failed; retrying") },
+                "\(processor.stderr)")
+        processor.signal(SIGTERM)
+        let status = try await processor.wait(timeout: 60)
+        #expect(status == 75, "exit status \(status): \(processor.stderr)")
+        #expect(processor.stderr.contains("did not finish its graceful shutdown in time"), "\(processor.stderr)")
+    }
+
     @Test("--help documents the exit statuses and --shutdown-timeout")
     func helpDocumentsExitStatuses() async throws {
         for command in [["processor"], ["bridge"], []] {
