@@ -9,13 +9,17 @@ public struct SessionSequence: Sendable, Hashable {
     public var seq: UInt64
     /// Below `seq`: the publisher dropped `prevSeq + 1 … seq − 1` itself, so they count as filled.
     public var prevSeq: UInt64?
+    /// Below `seq`: every seq up to it is settled at the publisher (acknowledged or declared dropped), so the
+    /// session's position may be raised to it (`resume_after`).
+    public var resumeAfter: UInt64?
     /// `worker_id`, else `machine_id`, else `_` (`EventEnvelope.ackOwner`).
     public var owner: Identifier
 
-    public init(sessionID: String, seq: UInt64, prevSeq: UInt64? = nil, owner: Identifier) {
+    public init(sessionID: String, seq: UInt64, prevSeq: UInt64? = nil, resumeAfter: UInt64? = nil, owner: Identifier) {
         self.sessionID = sessionID
         self.seq = seq
         self.prevSeq = prevSeq
+        self.resumeAfter = resumeAfter
         self.owner = owner
     }
 
@@ -29,11 +33,13 @@ public struct SessionSequence: Sendable, Hashable {
         guard object["ack"]?.boolValue == true else { return nil }
         return make(
             sessionID: object["session_id"]?.stringValue, seq: object["seq"]?.intValue,
-            prevSeq: object["prev_seq"]?.intValue, workerID: object["worker_id"]?.stringValue,
+            prevSeq: object["prev_seq"]?.intValue, resumeAfter: object["resume_after"]?.intValue,
+            workerID: object["worker_id"]?.stringValue,
             machineID: object["machine_id"]?.stringValue)
     }
 
-    static func make(sessionID: String?, seq: Int64?, prevSeq: Int64?, workerID: String?, machineID: String?)
+    static func make(sessionID: String?, seq: Int64?, prevSeq: Int64?, resumeAfter: Int64? = nil, workerID: String?,
+                     machineID: String?)
         -> SessionSequence?
     {
         guard let sessionID, Identifier(rawValue: sessionID) != nil, let seq, seq >= 1 else { return nil }
@@ -48,7 +54,8 @@ public struct SessionSequence: Sendable, Hashable {
             owner = noOwner
         }
         let previous = prevSeq.flatMap { $0 >= 0 && $0 < seq ? UInt64($0) : nil }
-        return SessionSequence(sessionID: sessionID, seq: UInt64(seq), prevSeq: previous, owner: owner)
+        let resume = resumeAfter.flatMap { $0 >= 0 && $0 < seq ? UInt64($0) : nil }
+        return SessionSequence(sessionID: sessionID, seq: UInt64(seq), prevSeq: previous, resumeAfter: resume, owner: owner)
     }
 
     /// From a payload that may be cut short or not be valid JSON: the records the bridge dead-letters (oversize ones
@@ -58,7 +65,7 @@ public struct SessionSequence: Sendable, Hashable {
     static func scan(_ payload: [UInt8]) -> SessionSequence? {
         var scanner = PrefixScanner(bytes: payload)
         var values: [String: PrefixScanner.Scalar] = [:]
-        scanner.scanTopLevel(wanted: ["ack", "session_id", "seq", "prev_seq", "worker_id", "machine_id"]) {
+        scanner.scanTopLevel(wanted: ["ack", "session_id", "seq", "prev_seq", "resume_after", "worker_id", "machine_id"]) {
             if values[$0] == nil { values[$0] = $1 }
         }
         guard case .bool(true)? = values["ack"] else { return nil }
@@ -66,6 +73,7 @@ public struct SessionSequence: Sendable, Hashable {
         func integer(_ key: String) -> Int64? { if case .integer(let number)? = values[key] { number } else { nil } }
         return make(
             sessionID: string("session_id"), seq: integer("seq"), prevSeq: integer("prev_seq"),
+            resumeAfter: integer("resume_after"),
             workerID: string("worker_id"), machineID: string("machine_id"))
     }
 }

@@ -193,6 +193,9 @@ public enum BridgeScripts {
     /// The `append` of an envelope with `ack: true`: commits a session's events in `seq` order, exactly once, in one
     /// atomic call with the XADD. With `acked` the session's stored position (absent = 0):
     /// * `seq ≤ acked`: duplicate, not written (`bridge_duplicates`, `bridge_seq_duplicates`);
+    /// * `resume_after` above `acked` raises `acked` to it first: the publisher says everything up to it is settled
+    ///   (acknowledged by a bridge, or dropped and declared), so a session whose key expired (or a Redis that lost
+    ///   it) resumes instead of holding every later event back;
     /// * `seq == acked + 1`, or `prev_seq ≤ acked < seq` (the publisher dropped the numbers between): written, and
     ///   `acked = seq`. If the dedup set already holds the event id the entry is not written again but the position
     ///   still moves (the event is in the stream). If Redis refuses the XADD (e.g. `WRONGTYPE`), the record is
@@ -207,13 +210,15 @@ public enum BridgeScripts {
     ///
     /// KEYS: stream, dedup set, stats hash, session key, dead-letter stream. ARGV: dedup id ('' = none), maxlen
     /// (0 = none), counter field (`bridge_dead_lettered` when the record is itself a dead letter), seq, prev_seq
-    /// ('' = none), TTL seconds, dead-letter maxlen, dead-letter payload bytes, then field/value pairs.
+    /// ('' = none), TTL seconds, dead-letter maxlen, dead-letter payload bytes, resume_after ('' = none), then
+    /// field/value pairs.
     /// Returns `{code, acked, detail}`: code `w` written, `x` dead-lettered, `s` duplicate by seq, `d` duplicate by
     /// event id (position moved), `o` out of order, `e` dropped (a dead letter Redis refused too; `detail` has Redis's
     /// message); `acked` the position afterwards.
     public static let appendInSession = RedisScript(name: "bridge_append_session", source: """
         local seq = tonumber(ARGV[4])
         local acked = tonumber(redis.call('GET', KEYS[4]) or '0') or 0
+        if ARGV[9] ~= '' and tonumber(ARGV[9]) > acked then acked = tonumber(ARGV[9]) end
         if seq <= acked then
           redis.call('EXPIRE', KEYS[4], ARGV[6])
           redis.call('HINCRBY', KEYS[3], 'bridge_duplicates', 1)
@@ -239,7 +244,7 @@ public enum BridgeScripts {
             args[#args + 1] = ARGV[2]
           end
           args[#args + 1] = '*'
-          for i = 9, #ARGV do args[#args + 1] = ARGV[i] end
+          for i = 10, #ARGV do args[#args + 1] = ARGV[i] end
           local entry = redis.pcall(unpack(args))
           if type(entry) == 'table' and entry.err then
             detail = entry.err
@@ -248,7 +253,7 @@ public enum BridgeScripts {
               local letter = {'XADD', KEYS[5], 'MAXLEN', '~', ARGV[7], '*', 'stream', KEYS[1],
                 'reason', 'redis rejected the entry: ' .. entry.err}
               local payload = ''
-              for i = 9, #ARGV - 1, 2 do
+              for i = 10, #ARGV - 1, 2 do
                 if ARGV[i] == 'payload' then
                   payload = ARGV[i + 1]
                 else
@@ -326,6 +331,7 @@ public enum BridgeScripts {
             Array(String(session.seq).utf8), session.prevSeq.map { Array(String($0).utf8) } ?? [],
             Array(String(configuration.sessionTTLSeconds).utf8), Array(String(configuration.deadLetterMaxLength).utf8),
             Array(String(configuration.deadLetterPayloadBytes).utf8),
+            session.resumeAfter.map { Array(String($0).utf8) } ?? [],
         ]
         arguments.reserveCapacity(arguments.count + 2 * write.fields.count)
         for (name, value) in write.fields {

@@ -117,3 +117,19 @@ struct EnvelopeLimitTests {
         }
     }
 }
+
+@Suite struct EnvelopeResumeAfterTests {
+    @Test func resumeAfterRoundTripsAndMustBeBelowSeq() throws {
+        var envelope = try EventEnvelope.decode(EnvelopeFixtures.payload(.jobCompleted))
+        envelope.seq = 9
+        envelope.ack = true
+        envelope.resumeAfter = 8
+        let text = String(decoding: envelope.encoded(), as: UTF8.self)
+        #expect(text.contains("\"resume_after\":8"), "\(text)")
+        let decoded = try EventEnvelope.decode(envelope.encoded())
+        #expect(decoded.resumeAfter == 8 && decoded.fields["resume_after"] == nil, "an envelope key, not a field")
+        envelope.resumeAfter = 9
+        #expect(throws: EnvelopeError.self) { try envelope.validate() }
+        #expect(throws: EnvelopeError.self) { try EventEnvelope.decode(envelope.encoded()) }
+    }
+}

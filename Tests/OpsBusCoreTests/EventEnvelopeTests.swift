@@ -79,13 +79,14 @@ private func decodeError(_ text: String, maxBytes: Int = EventEnvelope.defaultMa
     }
 
     @Test func allEnvelopeKeysSerialiseInContractOrder() throws {
-        let envelope = EventEnvelope(
+        var envelope = EventEnvelope(
             eventID: "01JQ7ZB5M4X9K2V8D3N6P0R1ST", eventType: .jobFailed,
             timestamp: EventTimestamp(millisecondsSinceEpoch: 1_772_368_496_789), source: "worker",
             jobID: try Identifier(validating: "job-9"), machineID: try Identifier(validating: "m1"),
             workerID: try Identifier(validating: "w1"), serviceType: "comfyui", connectorID: "comfy-1",
             sessionID: "s1", seq: 42, prevSeq: 40, ack: true, traceID: "t-1", correlationID: "c-1", attempt: 2,
             fields: ["error": "boom", "error_type": "gpu_oom", "retry_recommended": false])
+        envelope.resumeAfter = 39
         try envelope.validate()
         let object = try #require(try JSONValue.parse(envelope.encoded()).objectValue)
         #expect(object.keys == EventEnvelope.envelopeKeys + ["error", "error_type", "retry_recommended"])

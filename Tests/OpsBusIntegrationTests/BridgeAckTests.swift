@@ -236,6 +236,42 @@ struct BridgeAckTests {
         await bridge.stop()
     }
 
+    @Test("resume_after: a session whose position expired resumes where its publisher says everything is settled")
+    func resumeAfterExpiredPosition() async throws {
+        let bridge = try await RunningBridge.start(servers)
+        let watcher = try await AckWatcher(servers)
+        let publisher = try await bridgeTestPublisher(servers)
+        let redis = try servers.redisConnection()
+        let first = (1...3).map { ackEnvelope(session: "s-resume", seq: UInt64($0)) }
+        try await publish(publisher, first)
+        #expect(try await watcher.wait("acks/w-1/s-resume", seq: 3))
+        // The position expires (a session silent for longer than the TTL): 4 alone is now a gap ...
+        _ = try redis.command(["DEL", "opsbus:session:{s-resume}:acked"])
+        let fourth = ackEnvelope(session: "s-resume", seq: 4)
+        try await publish(publisher, [fourth])
+        #expect(try await waitUntil { try stat(redis, "bridge_out_of_order") == 1 })
+        #expect(try sequence(redis).map(\.seq) == [1, 2, 3], "held back, not written")
+        // ... until the publisher re-sends it marked with what it knows is settled. A resume point below the stored
+        // position changes nothing, and one at or above seq is ignored, not trusted.
+        var resumed = fourth
+        resumed.resumeAfter = 3
+        try await publish(publisher, [resumed])
+        #expect(try await watcher.wait("acks/w-1/s-resume", seq: 4))
+        var stale = ackEnvelope(session: "s-resume", seq: 6)
+        stale.resumeAfter = 2
+        try await publish(publisher, [stale])
+        #expect(try await waitUntil { try stat(redis, "bridge_out_of_order") == 2 }, "5 is missing: 6 waits")
+        var fifth = ackEnvelope(session: "s-resume", seq: 5)
+        fifth.resumeAfter = 4
+        try await publish(publisher, [fifth, stale])
+        #expect(try await watcher.wait("acks/w-1/s-resume", seq: 6))
+        #expect(try sequence(redis).map(\.seq) == [1, 2, 3, 4, 5, 6])
+        #expect(try redis.command(["GET", "opsbus:session:{s-resume}:acked"]).string == "6")
+        await watcher.stop()
+        await publisher.disconnect()
+        await bridge.stop()
+    }
+
     @Test("interleaved sessions keep separate positions; the ack topic's owner is worker_id, else machine_id, else _")
     func sessionsAndOwners() async throws {
         let bridge = try await RunningBridge.start(servers)

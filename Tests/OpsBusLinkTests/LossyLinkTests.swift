@@ -164,6 +164,33 @@ struct LossyLinkTests {
         try await finish("pump-kill9-backlog", rig, pumps: [first, second], started: started)
     }
 
+    /// The bridge forgets a session (its position key expired: a worker offline for longer than the TTL) while the
+    /// publisher's spool still holds events of it: the restarted pump marks the session's oldest spooled event with
+    /// `resume_after`, and the bridge resumes there instead of holding every event back for ever.
+    @Test("the bridge forgets the session while the pump is down with a backlog; the restarted pump resumes it")
+    func sessionPositionExpired() async throws {
+        let started = ContinuousClock.now
+        let rig = try LinkRig("session-expired")
+        defer { rig.tearDown() }
+        try await rig.startBridge()
+        let first = try pump(rig, worker: "edge-expired", jobs: 400, rate: 40)
+        try await first.waitForAccepted(90, timeout: 60)
+        let hole = try NftablesLoss.blackHole(rig.namespace)
+        try await first.waitForAccepted(first.accepted.count + 60, timeout: 60)
+        first.child.killHard()
+        try hole.remove()
+        let redis = try rig.redisConnection()
+        let positions = (try redis.command(["KEYS", "opsbus:session:*:acked"]).array ?? []).compactMap(\.string)
+        #expect(!positions.isEmpty, "the first run's session had a position")
+        for key in positions { _ = try redis.command(["DEL", key]) }
+        let backlog = first.accepted.count - (try rig.written(first.accepted))
+        #expect(backlog > 0, "accepted events not in Redis when the position was lost (the case under test)")
+        let resumeAt = first.lastAcceptedJobIndex + 1
+        let second = try pump(rig, worker: "edge-expired", jobs: 20, firstJob: resumeAt, rate: 40)
+        linkLog("session-expired: \(backlog) of \(first.accepted.count) accepted events not in Redis when the position was deleted")
+        try await finish("session-expired", rig, pumps: [first, second], started: started)
+    }
+
     /// A run that dies while it waits for the last acknowledgements leaves only an earlier session behind; a run
     /// with nothing new to publish (`--jobs 0`) must still send it.
     @Test("the pump killed while draining behind a black hole; a run with --jobs 0 sends the rest")

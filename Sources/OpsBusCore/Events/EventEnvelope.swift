@@ -12,7 +12,7 @@ public struct EventEnvelope: Sendable, Hashable {
     /// JSON keys of the envelope, in serialisation order.
     public static let envelopeKeys: [String] = [
         "event_id", "event_type", "timestamp", "source", "job_id", "machine_id", "worker_id", "service_type",
-        "connector_id", "session_id", "seq", "prev_seq", "ack", "trace_id", "correlation_id", "attempt", "schema",
+        "connector_id", "session_id", "seq", "prev_seq", "resume_after", "ack", "trace_id", "correlation_id", "attempt", "schema",
     ]
 
     /// Unique event id (a ULID from `EventID.make()` by default; any id-rule string is accepted).
@@ -34,6 +34,10 @@ public struct EventEnvelope: Sendable, Hashable {
     /// Set when the publisher itself dropped the events between `prevSeq` and `seq` (its spool was full): receivers
     /// treat those numbers as filled instead of waiting for them. JSON key `prev_seq`.
     public var prevSeq: UInt64?
+    /// Set by a spooling publisher on an event whose lower seqs are all settled: acknowledged end to end, or dropped
+    /// and declared. A bridge that no longer knows the session (its position expired) resumes it here instead of
+    /// waiting forever for seqs that will never come again. JSON key `resume_after`, below `seq`.
+    public var resumeAfter: UInt64?
     /// The emitter spools this session's sequenced events and waits for the bridge's end-to-end acknowledgement on
     /// `acks/<owner>/<session_id>`; the bridge then commits the session's events strictly in `seq` order.
     public var ack: Bool
@@ -132,6 +136,10 @@ public struct EventEnvelope: Sendable, Hashable {
             key("prev_seq")
             JSONWriter.writeInteger(prevSeq, into: &out)
         }
+        if let resumeAfter {
+            key("resume_after")
+            JSONWriter.writeInteger(resumeAfter, into: &out)
+        }
         if ack {
             key("ack")
             out.append(contentsOf: "true".utf8)
@@ -172,6 +180,7 @@ public struct EventEnvelope: Sendable, Hashable {
         object["session_id"] = .string(sessionID)
         object["seq"] = seq <= UInt64(Int64.max) ? .int(Int64(seq)) : .double(Double(seq))
         if let prevSeq { object["prev_seq"] = .int(Int64(clamping: prevSeq)) }
+        if let resumeAfter { object["resume_after"] = .int(Int64(clamping: resumeAfter)) }
         if ack { object["ack"] = .bool(true) }
         if let traceID { object["trace_id"] = .string(traceID) }
         if let correlationID { object["correlation_id"] = .string(correlationID) }
@@ -298,6 +307,14 @@ public struct EventEnvelope: Sendable, Hashable {
             }
             prevSeq = UInt64(number)
         }
+        var resumeAfter: UInt64?
+        if let resumeValue = take("resume_after") {
+            let number = try integer("resume_after", resumeValue)
+            guard number >= 0, number < seq else {
+                throw .invalidFieldValue(field: "resume_after", value: String(number), reason: "must be 0...seq-1 (\(seq - 1))")
+            }
+            resumeAfter = UInt64(number)
+        }
         var ack = false
         if let ackValue = take("ack") {
             guard case .bool(let flag) = ackValue else {
@@ -331,9 +348,11 @@ public struct EventEnvelope: Sendable, Hashable {
             sessionID: sessionID, seq: UInt64(seq), prevSeq: prevSeq, ack: ack, traceID: traceID, correlationID: correlationID,
             attempt: attempt, schemaVersion: Int(schema), fields: rest
         )
-        try envelope.validateEventFields()
-        _ = try envelope.topicSubject()
-        return envelope
+        var decoded = envelope
+        decoded.resumeAfter = resumeAfter
+        try decoded.validateEventFields()
+        _ = try decoded.topicSubject()
+        return decoded
     }
 
     /// Validates an outgoing envelope with the same rules `decode` applies, so a publisher refuses an event
@@ -350,6 +369,9 @@ public struct EventEnvelope: Sendable, Hashable {
         }
         if let prevSeq, prevSeq >= seq {
             throw .invalidFieldValue(field: "prev_seq", value: String(prevSeq), reason: "must be below seq (\(seq))")
+        }
+        if let resumeAfter, resumeAfter >= seq {
+            throw .invalidFieldValue(field: "resume_after", value: String(resumeAfter), reason: "must be below seq (\(seq))")
         }
         if ack && seq == 0 {
             throw .invalidFieldValue(field: "ack", value: "true", reason: "needs a sequenced event (seq ≥ 1)")

@@ -260,8 +260,12 @@ final class SpooledDelivery: Sendable {
             let room = options.window - state.withLock { $0.inFlight }
             guard room > 0 else { return }
             let records = spool.pending(sessionID: session, afterSeq: progress.sentThrough, limit: room)
+            // Everything below the session's oldest spooled record is settled (acknowledged by the bridge, or
+            // dropped and declared): that record tells a bridge that forgot the session where to resume.
+            let oldest = options.acknowledgement == .bridge && records.first != nil
+                ? spool.pending(sessionID: session, limit: 1).first?.seq : nil
             for record in records {
-                let payload = wirePayload(record)
+                let payload = wirePayload(record, resumeAfter: record.seq == oldest && record.seq > 1 ? record.seq - 1 : nil)
                 let seq = record.seq
                 do throws(MQTTError) {
                     try client.enqueuePublish(
@@ -290,12 +294,14 @@ final class SpooledDelivery: Sendable {
         }
     }
 
-    /// The payload as sent: as spooled, plus `prev_seq` when the spool dropped the events just before it.
-    private func wirePayload(_ record: SpoolRecord) -> [UInt8] {
-        guard let gapStart = spool.declaredGapStart(sessionID: record.sessionID, before: record.seq),
-              var envelope = try? EventEnvelope.decode(record.payload)
+    /// The payload as sent: as spooled, plus `prev_seq` when the spool dropped the events just before it, and
+    /// `resume_after` on the session's oldest spooled record.
+    private func wirePayload(_ record: SpoolRecord, resumeAfter: UInt64?) -> [UInt8] {
+        let gapStart = spool.declaredGapStart(sessionID: record.sessionID, before: record.seq)
+        guard gapStart != nil || resumeAfter != nil, var envelope = try? EventEnvelope.decode(record.payload)
         else { return record.payload }
-        envelope.prevSeq = gapStart
+        if let gapStart { envelope.prevSeq = gapStart }
+        envelope.resumeAfter = resumeAfter
         return envelope.encoded()
     }
 
