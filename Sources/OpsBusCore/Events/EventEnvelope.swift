@@ -299,22 +299,17 @@ public struct EventEnvelope: Sendable, Hashable {
             throw .invalidFieldValue(field: "seq", value: String(seq), reason: "must not be negative")
         }
 
-        var prevSeq: UInt64?
-        if let prevValue = take("prev_seq") {
-            let number = try integer("prev_seq", prevValue)
+        /// `prev_seq` and `resume_after`: optional positions below `seq`.
+        func belowSeq(_ key: String) throws(EnvelopeError) -> UInt64? {
+            guard let value = take(key) else { return nil }
+            let number = try integer(key, value)
             guard number >= 0, number < seq else {
-                throw .invalidFieldValue(field: "prev_seq", value: String(number), reason: "must be 0...seq-1 (\(seq - 1))")
+                throw .invalidFieldValue(field: key, value: String(number), reason: "must be 0...seq-1 (\(seq - 1))")
             }
-            prevSeq = UInt64(number)
+            return UInt64(number)
         }
-        var resumeAfter: UInt64?
-        if let resumeValue = take("resume_after") {
-            let number = try integer("resume_after", resumeValue)
-            guard number >= 0, number < seq else {
-                throw .invalidFieldValue(field: "resume_after", value: String(number), reason: "must be 0...seq-1 (\(seq - 1))")
-            }
-            resumeAfter = UInt64(number)
-        }
+        let prevSeq = try belowSeq("prev_seq")
+        let resumeAfter = try belowSeq("resume_after")
         var ack = false
         if let ackValue = take("ack") {
             guard case .bool(let flag) = ackValue else {
