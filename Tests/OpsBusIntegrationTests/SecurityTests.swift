@@ -274,7 +274,7 @@ struct SecurityTests {
             [
                 "MQTT_URL": servers.mqttURL(user: user),
                 "MQTT_PASSWORD_FILE": try servers.secretFile("mqtt-\(user)", SecuredServers.passwords[user]!),
-                "REDIS_URL": redisURL, "REDIS_PASSWORD_FILE": redisFile,
+                "REDIS_URL": redisURL, "REDIS_PASSWORD_FILE": redisFile, "OPSBUS_LOG_LEVEL": "info",
             ]
         }
         let processor = try ChildProcess(opsbus, ["processor"], environment: try environment("processor"))
@@ -284,6 +284,10 @@ struct SecurityTests {
             processor.signal(SIGKILL)
             bridge.signal(SIGKILL)
         }
+        // Both subscribed before the event goes out: a first start has no broker session that would keep it.
+        #expect(try await waitUntil(timeout: 90) {
+            processor.stderr.contains("processor running") && bridge.stderr.contains("bridge subscribed")
+        }, "processor: \(processor.stderr.suffix(2000))\nbridge: \(bridge.stderr.suffix(2000))")
         let spool = servers.directory.appendingPathComponent("spool").path
         let result = try await run(
             opsbus,
