@@ -19,42 +19,29 @@ struct CLITLSTests {
         var clientCertificate: String { directory.appendingPathComponent("client.crt").path }
         var clientKey: String { directory.appendingPathComponent("client.key").path }
 
-        init() throws {
+        init() async throws {
             directory = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("opsbus-pki-\(UUID().uuidString.prefix(8))")
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             let dir = directory.path
             try "subjectAltName=IP:127.0.0.1\n".write(toFile: dir + "/san.ext", atomically: true, encoding: .utf8)
-            try Self.openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/ca.key", "-out", ca,
+            try await Self.openssl(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", dir + "/ca.key", "-out", ca,
                               "-days", "1", "-subj", "/CN=opsbus test CA"])
             for (name, subject, extensions) in [("server", "/CN=127.0.0.1", true), ("client", "/CN=processor", false)] {
-                try Self.openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(dir)/\(name).key",
+                try await Self.openssl(["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "\(dir)/\(name).key",
                                   "-out", "\(dir)/\(name).csr", "-subj", subject])
-                try Self.openssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", ca, "-CAkey", dir + "/ca.key",
+                try await Self.openssl(["x509", "-req", "-in", "\(dir)/\(name).csr", "-CA", ca, "-CAkey", dir + "/ca.key",
                                   "-CAcreateserial", "-out", "\(dir)/\(name).crt", "-days", "1"]
                                  + (extensions ? ["-extfile", dir + "/san.ext"] : []))
             }
         }
 
-        static func openssl(_ arguments: [String]) throws {
-            let result = try runSync("/usr/bin/openssl", arguments)
-            try #require(result.status == 0, "openssl \(arguments.joined(separator: " ")): \(result.output)")
+        /// Through the suite's `run` (output in files, not pipes: see `ChildProcess`).
+        static func openssl(_ arguments: [String]) async throws {
+            let result = try await run("/usr/bin/openssl", arguments)
+            try #require(result.status == 0, "openssl \(arguments.joined(separator: " ")): \(result.stderr)")
         }
 
         func remove() { try? FileManager.default.removeItem(at: directory) }
-    }
-
-    /// Runs a short command and returns its status and combined output (for openssl).
-    static func runSync(_ executable: String, _ arguments: [String]) throws -> (status: Int32, output: String) {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try ChildLauncher.run(process)
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
     let pki: PKI
@@ -62,8 +49,8 @@ struct CLITLSTests {
     let redis: ServerProcess
     let tlsPort: UInt16
 
-    init() throws {
-        pki = try PKI()
+    init() async throws {
+        pki = try await PKI()
         tlsPort = try LoopbackPort.allocate()
         var configuration = MosquittoConfiguration()
         configuration.extraLines = [

@@ -25,29 +25,41 @@ enum LinkTestError: Error, CustomStringConvertible {
 /// Short-lived system commands (`ip`, `nft`), run to completion with their output captured.
 enum Command {
     /// Runs `executable arguments` (stdin from `input` if given) and returns stdout+stderr; throws on a non-zero status.
+    ///
+    /// Output and input go through temp files, not pipes: Foundation's pipes are not close-on-exec, so a server
+    /// another test spawns meanwhile inherits the write end, and reading to end of file would wait for that server
+    /// to exit (a whole CI run hung that way).
     @discardableResult
     static func run(_ executable: String, _ arguments: [String], input: String? = nil) throws(LinkTestError) -> String {
         let command = [executable] + arguments
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-cmd-\(UUID().uuidString)")
+        let outputFile = base.appendingPathExtension("out")
+        let inputFile = base.appendingPathExtension("in")
+        defer {
+            try? FileManager.default.removeItem(at: outputFile)
+            try? FileManager.default.removeItem(at: inputFile)
+        }
         let process = Process()
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        let stdin = Pipe()
-        process.standardInput = input == nil ? FileHandle.nullDevice : stdin
         do {
+            _ = FileManager.default.createFile(atPath: outputFile.path, contents: nil)
+            let output = try FileHandle(forWritingTo: outputFile)
+            defer { try? output.close() }
+            process.standardOutput = output
+            process.standardError = output
+            if let input {
+                try Data(input.utf8).write(to: inputFile)
+                process.standardInput = try FileHandle(forReadingFrom: inputFile)
+            } else {
+                process.standardInput = FileHandle.nullDevice
+            }
             try ChildLauncher.run(process)
         } catch {
             throw .launchFailed(command: command, reason: "\(error)")
         }
-        if let input {
-            stdin.fileHandleForWriting.write(Data(input.utf8))
-            try? stdin.fileHandleForWriting.close()
-        }
-        let data = output.fileHandleForReading.readDataToEndOfFile()
         process.waitUntilExit()
-        let text = String(decoding: data, as: UTF8.self)
+        let text = (try? String(contentsOf: outputFile, encoding: .utf8)) ?? ""
         guard process.terminationStatus == 0 else {
             throw .commandFailed(command: command, status: process.terminationStatus, output: text)
         }
