@@ -43,7 +43,7 @@ struct ConnectionOptions: ParsableArguments {
         do throws(MQTTTLSConfiguration.VariableProblem) {
             endpoint.tls = try MQTTTLSConfiguration.fromVariables(files, useTLS: endpoint.useTLS)
         } catch {
-            throw ConfigurationFailure.exit(ConfigurationProblem(variable: error.variable, message: error.reason))
+            throw ConfigurationFailure.exit(ConfigurationProblem(error))
         }
         return endpoint
     }

@@ -36,10 +36,7 @@ extension MQTTTLSConfiguration {
     public static let variableNames = ["MQTT_CA_FILE", "MQTT_CERT_FILE", "MQTT_KEY_FILE"]
 
     /// A problem with one of `variableNames`: the variable and what was expected (paths only, never file content).
-    public struct VariableProblem: Error, Sendable, Equatable {
-        public let variable: String
-        public let reason: String
-    }
+    public typealias VariableProblem = MQTTVariableProblem
 
     /// TLS files from `MQTT_CA_FILE` (CA certificates, PEM; default the system store), `MQTT_CERT_FILE` and
     /// `MQTT_KEY_FILE` (client certificate and key, both or neither). Nil when none is set (empty means unset).

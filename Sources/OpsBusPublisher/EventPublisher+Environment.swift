@@ -23,20 +23,10 @@ extension EventPublisher {
         } catch {
             throw .invalidContext(variable: "MQTT_URL", reason: "\(error)")
         }
-        if let passwordFile = environment["MQTT_PASSWORD_FILE"], !passwordFile.isEmpty {
-            // As the CLI: which of two passwords wins would be a guess, and a password needs a user.
-            if endpoint.password != nil {
-                throw .invalidContext(
-                    variable: "MQTT_URL and MQTT_PASSWORD_FILE", reason: "both give a password; put it in only one of them")
-            }
-            if endpoint.username == nil {
-                throw .invalidContext(
-                    variable: "MQTT_PASSWORD_FILE",
-                    reason: "a password file needs a user name in MQTT_URL (mqtt://user@host:port)")
-            }
-            endpoint.password = try readSecretFile(passwordFile, variable: "MQTT_PASSWORD_FILE")
-        }
-        do throws(MQTTTLSConfiguration.VariableProblem) {
+        // The rules of the CLI, from the same code: a password file needs a user and excludes a URL password.
+        do throws(MQTTVariableProblem) {
+            endpoint = try endpoint.applyingPasswordFile(
+                path: environment[MQTTEndpoint.passwordFileVariable].flatMap { $0.isEmpty ? nil : $0 })
             endpoint.tls = try MQTTTLSConfiguration.fromVariables(
                 MQTTTLSConfiguration.variableNames.reduce(into: [:]) { $0[$1] = environment[$1] }, useTLS: endpoint.useTLS)
         } catch {
@@ -111,26 +101,6 @@ extension EventPublisher {
             options.ackTimeout = seconds
         }
         return options
-    }
-
-    /// Secret files are small; a bigger file is most likely the wrong path.
-    static let maximumSecretFileBytes = 64 * 1024
-
-    /// A docker/Kubernetes secret file's text without one trailing newline (`echo secret > file` adds one), with the
-    /// rules of the CLI's `MQTT_PASSWORD_FILE`. Errors name the variable and the path, never the content.
-    static func readSecretFile(_ path: String, variable: String) throws(EventPublisherError) -> String {
-        func fail(_ reason: String) -> EventPublisherError {
-            .invalidContext(variable: variable, reason: "cannot use secret file \(path): \(reason)")
-        }
-        var status = stat()
-        guard stat(path, &status) == 0 else { throw fail(String(cString: strerror(errno))) }
-        guard (status.st_mode & S_IFMT) == S_IFREG else { throw fail("not a regular file") }
-        guard status.st_size <= maximumSecretFileBytes else { throw fail("larger than \(maximumSecretFileBytes) bytes") }
-        guard let data = FileManager.default.contents(atPath: path) else { throw fail("not readable") }
-        guard var secret = String(data: data, encoding: .utf8) else { throw fail("not UTF-8 text") }
-        if secret.hasSuffix("\r\n") { secret.removeLast(2) } else if secret.hasSuffix("\n") { secret.removeLast() }
-        guard !secret.isEmpty else { throw fail("the file is empty") }
-        return secret
     }
 
     /// `$XDG_STATE_HOME/opsbus/spool/<owner>`, else `$HOME/.local/state/opsbus/spool/<owner>`, else under /tmp.

@@ -175,7 +175,7 @@ struct EffectiveConfiguration: Sendable {
                 _ = try MQTTTLSConfiguration.fromVariables(
                     tlsNames.reduce(into: [:]) { $0[$1] = setValue($1) }, useTLS: url.useTLS)
             } catch {
-                problems.append(ConfigurationProblem(variable: error.variable, message: error.reason))
+                problems.append(ConfigurationProblem(error))
             }
         }
         let webhookNames = ["NOTIFICATION_SERVICE_URL", "NOTIFICATION_SECRET", "NOTIFICATION_SECRET_FILE"]
@@ -194,28 +194,20 @@ struct EffectiveConfiguration: Sendable {
 
 /// Broker and Redis endpoints with their passwords from the URL or from a `*_PASSWORD_FILE`.
 enum ConnectionSecrets {
-    /// `url`'s endpoint, its password taken from `passwordFile` when given. Both a password in the URL and a file
-    /// is an error (which one wins would be a guess), and so is a file without a user name in the URL.
+    /// `url`'s endpoint, its password taken from `passwordFile` when given (the rules are
+    /// `MQTTEndpoint.applyingPasswordFile`'s, shared with `EventPublisher.connectFromEnvironment`).
     static func mqttEndpoint(url: String, urlVariable: String, passwordFile: String?) throws(ConfigurationProblem) -> MQTTEndpoint {
-        var endpoint: MQTTEndpoint
+        let endpoint: MQTTEndpoint
         do {
             endpoint = try MQTTEndpoint(url: url)
         } catch {
             throw ConfigurationProblem(variable: urlVariable, message: "\(error)")
         }
-        guard let passwordFile else { return endpoint }
-        if endpoint.password != nil {
-            throw ConfigurationProblem(
-                variable: "\(urlVariable) and MQTT_PASSWORD_FILE",
-                message: "both give a password; put it in only one of them")
+        do throws(MQTTVariableProblem) {
+            return try endpoint.applyingPasswordFile(path: passwordFile, urlVariable: urlVariable)
+        } catch {
+            throw ConfigurationProblem(error)
         }
-        if endpoint.username == nil {
-            throw ConfigurationProblem(
-                variable: "MQTT_PASSWORD_FILE",
-                message: "a password file needs a user name in \(urlVariable) (mqtt://user@host:port)")
-        }
-        endpoint.password = try SecretFile.read(path: passwordFile, variable: "MQTT_PASSWORD_FILE")
-        return endpoint
     }
 
     /// `url` with a placeholder password where REDIS_PASSWORD_FILE's content goes, so the URL parser accepts a URL
@@ -251,7 +243,11 @@ enum ConnectionSecrets {
             throw ConfigurationProblem(variable: urlVariable, message: "\(error)")
         }
         guard let passwordFile else { return endpoint }
-        endpoint.password = try SecretFile.read(path: passwordFile, variable: "REDIS_PASSWORD_FILE")
+        do throws(MQTTVariableProblem) {
+            endpoint.password = try SecretFile.read(path: passwordFile, variable: "REDIS_PASSWORD_FILE")
+        } catch {
+            throw ConfigurationProblem(error)
+        }
         return endpoint
     }
 }

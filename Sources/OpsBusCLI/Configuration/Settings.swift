@@ -124,11 +124,11 @@ enum Checks {
 
     static func secretFile(_ variable: String) -> @Sendable (String) -> String? {
         { path in
-            do throws(ConfigurationProblem) {
+            do throws(MQTTVariableProblem) {
                 _ = try SecretFile.read(path: path, variable: variable)
                 return nil
             } catch {
-                return error.message
+                return error.reason
             }
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import OpsBusMQTT
 
 /// Why a configuration value could not be used. Messages name the variable and say what was expected; they never
 /// contain a secret (only the path of a secret file).
@@ -10,35 +11,11 @@ struct ConfigurationProblem: Error, CustomStringConvertible, Hashable, Sendable 
     var description: String { "\(variable): \(message)" }
 }
 
-/// Reads secrets from `*_FILE` variables (docker/Kubernetes secrets), so passwords need not sit in the environment,
-/// where `ps e`, `docker inspect` and crash reports can show them.
-enum SecretFile {
-    /// Secret files are small; a bigger file is most likely the wrong path.
-    static let maximumBytes = 64 * 1024
-
-    /// The file's text without one trailing newline (`echo secret > file` adds one).
-    /// - Throws: a problem naming `variable` and the path, never the content.
-    static func read(path: String, variable: String) throws(ConfigurationProblem) -> String {
-        func fail(_ reason: String) -> ConfigurationProblem {
-            ConfigurationProblem(variable: variable, message: "cannot use secret file \(path): \(reason)")
-        }
-        if path.isEmpty { throw ConfigurationProblem(variable: variable, message: "empty path; expected a readable file") }
-        var status = stat()
-        guard stat(path, &status) == 0 else { throw fail(String(cString: strerror(errno))) }
-        guard (status.st_mode & S_IFMT) == S_IFREG else { throw fail("not a regular file") }
-        guard status.st_size <= maximumBytes else { throw fail("larger than \(maximumBytes) bytes") }
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw fail(String(cString: strerror(errno))) }
-        defer { try? handle.close() }
-        let data: Data
-        do {
-            data = try handle.readToEnd() ?? Data()
-        } catch {
-            throw fail("read failed")
-        }
-        guard var secret = String(data: data, encoding: .utf8) else { throw fail("not UTF-8 text") }
-        if secret.hasSuffix("\r\n") { secret.removeLast(2) } else if secret.hasSuffix("\n") { secret.removeLast() }
-        guard !secret.isEmpty else { throw fail("the file is empty") }
-        return secret
+extension ConfigurationProblem {
+    /// A problem found by the rules OpsBusMQTT shares with the publisher library (TLS files, `MQTT_PASSWORD_FILE`,
+    /// secret files).
+    init(_ problem: MQTTVariableProblem) {
+        self.init(variable: problem.variable, message: problem.reason)
     }
 }
 
