@@ -5,6 +5,7 @@ import PackageDescription
 //   OpsBusCore            pure event contract and rules, no I/O
 //   CMosquitto/CHiredis   system libraries (Debian libmosquitto-dev, libhiredis-dev)
 //   OpsBusMQTT/OpsBusRedis  thin wrappers that own the C pointers
+//   OpsBusSpool/OpsBusJournal  local append-only logs (publisher spool; bridge and processor journal)
 //   OpsBusPublisher/OpsBusProcessor/OpsBusBridge  services
 //   OpsBusCLI/opsbus      the command-line tool
 // OpsBusLocalServers starts real mosquitto/redis-server processes for the demo and the tests.
@@ -15,8 +16,8 @@ let package = Package(
         .library(
             name: "OpsBus",
             targets: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusPublisher", "OpsBusProcessor",
-                "OpsBusBridge", "OpsBusHTTP",
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusJournal", "OpsBusPublisher",
+                "OpsBusProcessor", "OpsBusBridge", "OpsBusHTTP",
             ]),
         .executable(name: "opsbus", targets: ["opsbus"]),
     ],
@@ -56,6 +57,12 @@ let package = Package(
             name: "OpsBusSpool",
             dependencies: ["OpsBusCore", .product(name: "Logging", package: "swift-log")]
         ),
+        // The hand-off between an MQTT message handler and Redis (bridge, batching processor): append-only
+        // segmented journal, the thread that drains it in batches.
+        .target(
+            name: "OpsBusJournal",
+            dependencies: ["OpsBusCore", .product(name: "Logging", package: "swift-log")]
+        ),
         .target(
             name: "OpsBusPublisher",
             dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusSpool", .product(name: "Logging", package: "swift-log")]
@@ -72,14 +79,14 @@ let package = Package(
         .target(
             name: "OpsBusProcessor",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusHTTP", .product(name: "Logging", package: "swift-log"),
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusJournal", "OpsBusHTTP", .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
         .target(
             name: "OpsBusBridge",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusHTTP", .product(name: "Logging", package: "swift-log"),
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusJournal", "OpsBusHTTP", .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
             ]
         ),
@@ -91,8 +98,8 @@ let package = Package(
         .target(
             name: "OpsBusCLI",
             dependencies: [
-                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusPublisher", "OpsBusProcessor",
-                "OpsBusBridge", "OpsBusLocalServers", "OpsBusHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusJournal", "OpsBusPublisher",
+                "OpsBusProcessor", "OpsBusBridge", "OpsBusLocalServers", "OpsBusHTTP", .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ]
@@ -109,7 +116,7 @@ let package = Package(
             name: "OpsBusIntegrationTests",
             dependencies: [
                 "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusPublisher", "OpsBusProcessor", "OpsBusBridge",
-                "OpsBusLocalServers", "OpsBusCLI", "OpsBusHTTP",
+                "OpsBusJournal", "OpsBusLocalServers", "OpsBusCLI", "OpsBusHTTP",
             ]
         ),
         .testTarget(name: "OpsBusLinkTests", dependencies: ["OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusLocalServers", "OpsBusCLI"]),

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OpsBusCore
+import OpsBusJournal
 import OpsBusMQTT
 import OpsBusRedis
 import Synchronization
@@ -36,13 +37,13 @@ public final class Bridge: Sendable {
     private let routes: RouteTable
     private let journal: Journal
     private let writer: StreamWriter
+    private let drain: JournalDrain
+    private let admission: JournalAdmission
     private let counters = StatisticsBox()
     private let client: MQTTClient
     private let stopping = Mutex(false)
     private let subscribed = Mutex(false)
     private let started = Mutex(false)
-    /// After a rejection, messages are rejected until this instant; see `handle`.
-    private let rejectingUntil = Mutex<ContinuousClock.Instant?>(nil)
     private let logger: Logger
     /// What `/metrics` shows of this process (see `BridgeObservability`).
     public let metrics = BridgeMetrics()
@@ -53,17 +54,26 @@ public final class Bridge: Sendable {
         self.configuration = configuration
         self.logger = logger
         routes = RouteTable(configuration.routes)
-        journal = try Journal(
-            directory: configuration.journalDirectory, maxBytes: configuration.journalMaxBytes,
-            fsync: configuration.fsync, logger: logger)
+        do {
+            journal = try Journal(
+                directory: configuration.journalDirectory, maxBytes: configuration.journalMaxBytes,
+                fsync: configuration.fsync, logger: logger)
+        } catch {
+            throw BridgeError.journal(error)
+        }
         var mqtt = MQTTClientConfiguration(endpoint: configuration.mqtt, clientID: configuration.clientID)
         mqtt.cleanSession = false
         mqtt.keepAlive = configuration.keepAlive
         client = try MQTTClient(configuration: mqtt, logger: logger)
         let acks = configuration.acknowledgements ? AckPublisher(client: client, statistics: counters, logger: logger) : nil
         writer = StreamWriter(
-            journal: journal, routes: routes, configuration: configuration, statistics: counters, acks: acks,
+            journalIdentity: journal.identity, routes: routes, configuration: configuration, statistics: counters,
+            acks: acks, logger: logger)
+        drain = JournalDrain(
+            journal: journal, sink: writer, batchSize: configuration.batchSize,
+            drainTimeout: .milliseconds(Int(configuration.drainTimeout * 1000)), threadName: "opsbus-bridge-writer",
             logger: logger)
+        admission = JournalAdmission(journal: journal, logger: logger)
     }
 
     /// True once the first SUBACK arrived: messages published from then on reach the bridge.
@@ -100,7 +110,7 @@ public final class Bridge: Sendable {
         client.setMessageHandler { [self] message in handle(message) }
         let watcher = Task { [client, metrics] in await metrics.count(client.connectionEvents) }
         defer { watcher.cancel() }
-        writer.start()
+        drain.start()
         do {
             try await client.connect(waitForBroker: true)
             let filters = routes.subscriptionFilters
@@ -124,8 +134,9 @@ public final class Bridge: Sendable {
     private func shutdown() async {
         stopping.withLock { $0 = true }
         await client.disconnect()
-        writer.requestStop()
-        await writer.waitForExit()
+        drain.requestStop()
+        await drain.waitForExit()
+        writer.close()
         journal.close()
         let stats = statistics
         logger.info("bridge stopped", metadata: [
@@ -140,13 +151,6 @@ public final class Bridge: Sendable {
     /// still queued: the dedup ids absorb them).
     private func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
         if stopping.withLock({ $0 }) { return .reject }
-        // Order: a rejection shuts the socket, but messages already in the socket's receive buffer may still reach
-        // the handler. Accepting one of those would put it in the journal before the rejected message, which the
-        // broker redelivers later. So after a rejection, everything is rejected for a short while: long enough for
-        // the buffered messages (processed at once, in the same loop pass), shorter than the reconnect delay
-        // (MQTTReconnectPolicy.initialDelay, 0.5 s with jitter), after which the broker redelivers in order.
-        let now = ContinuousClock.now
-        if let until = rejectingUntil.withLock({ $0 }), now < until { return .reject }
         let limit = routes.route(for: message.topic)?.maxPayloadBytes ?? configuration.deadLetterPayloadBytes
         // Oversize payloads are dead-lettered anyway: journal only what the dead letter keeps, so one huge message
         // cannot fill the journal.
@@ -156,26 +160,13 @@ public final class Bridge: Sendable {
             topic: message.topic, payload: keep, qos: UInt8(message.qos.rawValue), retain: message.retain,
             receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
             originalPayloadBytes: message.payload.count)
-        switch journal.append(record) {
+        switch admission.append(record) {
         case .appended:
             counters.value.withLock { $0.journaled += 1 }
-            writer.notify()
+            drain.notify()
             return .accept
-        case .full:
-            let rejected = counters.value.withLock { stats -> Int in
-                stats.rejected += 1
-                return stats.rejected
-            }
-            rejectingUntil.withLock { $0 = now + .milliseconds(250) }
-            if rejected == 1 || rejected % 1000 == 0 {
-                logger.warning("journal full; rejecting messages until the writer catches up (the broker keeps them)",
-                    metadata: ["max_bytes": "\(configuration.journalMaxBytes)", "rejected": "\(rejected)"])
-            }
-            return .reject
-        case .failed(let error):
-            rejectingUntil.withLock { $0 = now + .milliseconds(250) }
+        case .refused:
             counters.value.withLock { $0.rejected += 1 }
-            logger.error("journal append failed; rejecting the message", metadata: ["error": "\(error)"])
             return .reject
         }
     }

@@ -1,4 +1,5 @@
 import Foundation
+import OpsBusJournal
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis

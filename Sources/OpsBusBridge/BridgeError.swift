@@ -1,4 +1,5 @@
 import OpsBusCore
+import OpsBusJournal
 
 /// Everything the bridge can refuse or fail at, with the context needed to fix it.
 public enum BridgeError: Error, CustomStringConvertible, Sendable, Equatable {
@@ -10,8 +11,8 @@ public enum BridgeError: Error, CustomStringConvertible, Sendable, Equatable {
     case invalidConfiguration(reason: String)
     /// The JSON configuration file could not be read or parsed.
     case configurationFile(path: String, reason: String)
-    /// A journal file operation failed (`open`, `write`, `rename`, …) with `errno` text.
-    case journalIO(path: String, operation: String, reason: String)
+    /// The journal could not be opened or recovered (`JournalError` says which file and operation).
+    case journal(JournalError)
     /// A stream id or time given to `replay` is neither a stream id nor an ISO-8601 time.
     case invalidStreamPosition(String)
 
@@ -21,7 +22,7 @@ public enum BridgeError: Error, CustomStringConvertible, Sendable, Equatable {
         case let .invalidTemplate(template, reason): return "invalid stream key template '\(template)': \(reason)"
         case let .invalidConfiguration(reason): return "invalid bridge configuration: \(reason)"
         case let .configurationFile(path, reason): return "bridge configuration file \(path): \(reason)"
-        case let .journalIO(path, operation, reason): return "journal \(operation) failed for \(path): \(reason)"
+        case let .journal(error): return "\(error)"
         case let .invalidStreamPosition(text):
             return "'\(text)' is neither a stream id (<ms> or <ms>-<seq>, '-' or '+') nor an ISO-8601 time "
                 + "(2026-01-31T12:00:00Z)"

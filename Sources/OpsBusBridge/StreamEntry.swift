@@ -1,3 +1,4 @@
+import OpsBusJournal
 import OpsBusCore
 import OpsBusRedis
 

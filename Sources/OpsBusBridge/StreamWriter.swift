@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OpsBusCore
+import OpsBusJournal
 import OpsBusRedis
 import Synchronization
 
@@ -29,182 +30,68 @@ final class StatisticsBox: Sendable {
     let value = Mutex(BridgeStatistics())
 }
 
-/// The writer thread: journal → Redis, in journal order, one pipeline per batch.
+/// The bridge's journal sink: journal → Redis, in journal order, one pipeline per batch (driven by a
+/// `JournalDrain`, on its thread).
 ///
-/// It runs on a dedicated `Thread`, not on the Swift cooperative pool, because `RedisConnection` blocks (and blocks
-/// for long while Redis is down). One writer means journal order is Redis order, so entries of one publisher on one
-/// route keep their publish order (the broker delivers one publisher's QoS 1 messages in order, and the handler
-/// journals them in delivery order).
-///
-/// Batch cycle: read up to `batchSize` records after the last committed position; plan each (route, validation,
-/// fields, dedup id); send one pipeline of `BridgeScripts.append` calls (`appendInSession` for `ack: true`
-/// envelopes); hand one acknowledgement per session the batch touched to the `AckPublisher`; then persist the
-/// position after the batch (`Journal.commit`). If Redis fails (connection lost, timeout), nothing is committed and the *same* batch is
-/// retried with backoff: records that did reach Redis are suppressed by their dedup id. A record that Redis
-/// rejects outright (e.g. `WRONGTYPE`: the stream key holds another type) is dead-lettered with Redis's message,
-/// since retrying would block the bridge forever.
-final class StreamWriter: @unchecked Sendable {
-    // @unchecked: the mutable state below is used only by the writer thread, except the Mutex-protected fields.
-    private let journal: Journal
+/// Batch cycle: plan each record (route, validation, fields, dedup id); send one pipeline of `BridgeScripts.append`
+/// calls (`appendInSession` for `ack: true` envelopes); hand one acknowledgement per session the batch touched to
+/// the `AckPublisher`. If Redis fails (connection lost, timeout), the drain retries the *same* batch with backoff:
+/// records that did reach Redis are suppressed by their dedup id. A record that Redis rejects outright (e.g.
+/// `WRONGTYPE`: the stream key holds another type) is dead-lettered with Redis's message, since retrying would
+/// block the bridge forever.
+final class StreamWriter: JournalBatchSink, @unchecked Sendable {
+    // @unchecked: the mutable state below is used only by the drain thread, except the Mutex-protected fields.
+    private let journalIdentity: String
     private let routes: RouteTable
     private let configuration: BridgeConfiguration
     private let logger: Logger
-    private let wakeup = DispatchSemaphore(value: 0)
-    private let control = Mutex(Control())
     let statistics: StatisticsBox
     private let acks: AckPublisher?
-    /// Whether the "acknowledgements are off" warning was logged (writer thread only).
+    private var connection: RedisConnection?
+    /// Whether the "acknowledgements are off" warning was logged (drain thread only).
     private var warnedAcksOff = false
-    /// `acksPublished` as far as it was added to `bridge_acks_published` in the stats hash (writer thread only).
+    /// `acksPublished` as far as it was added to `bridge_acks_published` in the stats hash (drain thread only).
     private var recordedAcks = 0
 
-    struct Control {
-        var stopRequested = false
-        var stopDeadline: ContinuousClock.Instant?
-        var finished = false
-        var waiters: [CheckedContinuation<Void, Never>] = []
-    }
-
-    init(journal: Journal, routes: RouteTable, configuration: BridgeConfiguration,
+    init(journalIdentity: String, routes: RouteTable, configuration: BridgeConfiguration,
          statistics: StatisticsBox, acks: AckPublisher?, logger: Logger) {
         self.acks = acks
-        self.journal = journal
+        self.journalIdentity = journalIdentity
         self.routes = routes
         self.configuration = configuration
         self.statistics = statistics
         self.logger = logger
     }
 
-    func start() {
-        let thread = Thread { [self] in self.main() }
-        thread.name = "opsbus-bridge-writer"
-        thread.start()
-    }
-
-    /// Wakes the thread: new records were journaled.
-    func notify() { wakeup.signal() }
-
-    /// Asks the thread to write what is journaled (until `drainTimeout`), then exit.
-    func requestStop() {
-        control.withLock {
-            $0.stopRequested = true
-            $0.stopDeadline = .now + .milliseconds(Int(configuration.drainTimeout * 1000))
-        }
-        wakeup.signal()
-    }
-
-    /// Returns once the thread exited.
-    func waitForExit() async {
-        await withCheckedContinuation { continuation in
-            let done = control.withLock { control -> Bool in
-                if control.finished { return true }
-                control.waiters.append(continuation)
-                return false
-            }
-            if done { continuation.resume() }
-        }
-    }
-
-    private var stopState: (requested: Bool, pastDeadline: Bool) {
-        control.withLock { ($0.stopRequested, $0.stopDeadline.map { .now >= $0 } ?? false) }
-    }
-
-    private func main() {
-        var connection: RedisConnection?
-        var position = journal.committed
-        var failures = 0
-        outer: while true {
-            if configuration.fsync == .batch { journal.sync() }
-            let batch: (entries: [JournalEntry], next: JournalPosition)
-            do {
-                batch = try journal.read(from: position, maxRecords: configuration.batchSize)
-            } catch {
-                logger.error("cannot read the journal", metadata: ["error": "\(error)"])
-                if stopState.requested { break }
-                _ = wakeup.wait(timeout: .now() + 1)
-                continue
-            }
-            if batch.entries.isEmpty {
-                if batch.next != position { commit(batch.next, &position) }
-                if let connection, !connection.isBroken { recordAcks(connection) }
-                if stopState.requested && journal.appendedEnd <= position { break }
-                if stopState.pastDeadline { break }
-                // Idle: the lazily committed position is written once its interval is over (or on the next batch).
-                var wait = Duration.milliseconds(200)
-                if let due = journal.pendingCommitDue(after: Self.commitInterval) {
-                    let left = due - .now
-                    if left <= .zero { persistPendingCommit() } else { wait = min(wait, left) }
-                }
-                _ = wakeup.wait(timeout: .now() + .microseconds(max(1, Int(wait / .microseconds(1)))))
-                continue
-            }
-            // Write the batch, retrying the whole batch (idempotent) until it succeeds or the drain deadline passes.
-            while true {
-                do {
-                    if connection == nil {
-                        connection = try RedisConnection(
-                            endpoint: configuration.redis, connectTimeout: 2,
-                            commandTimeout: configuration.redisCommandTimeout, logger: logger)
-                    }
-                    try write(batch.entries, connection!)
-                    if failures > 0 { logger.notice("Redis writes resumed", metadata: ["after_failures": "\(failures)"]) }
-                    failures = 0
-                    break
-                } catch {
-                    failures += 1
-                    statistics.value.withLock {
-                        $0.redisFailures += 1
-                        $0.lastRedisError = "\(error)"
-                    }
-                    if case .connectFailed = error { connection = nil }
-                    if failures == 1 || failures % 20 == 0 {
-                        logger.warning("Redis write failed; retrying (the journal keeps the messages)",
-                            metadata: ["error": "\(error)", "failures": "\(failures)"])
-                    }
-                    if stopState.pastDeadline {
-                        logger.warning("stopping with unwritten journal records; they are written at the next start",
-                            metadata: ["from": "\(position)"])
-                        break outer
-                    }
-                    let delay = min(2.0, 0.05 * pow(2, Double(min(failures, 10))))
-                    Thread.sleep(forTimeInterval: delay)
-                }
-            }
-            commit(batch.next, &position)
-        }
+    /// Closes the Redis connection (after the drain stopped).
+    func close() {
         connection?.close()
-        persistPendingCommit()
-        let waiters = control.withLock { control -> [CheckedContinuation<Void, Never>] in
-            control.finished = true
-            defer { control.waiters = [] }
-            return control.waiters
-        }
-        waiters.forEach { $0.resume() }
+        connection = nil
     }
 
-    /// How stale the persisted committed position may get (BENCHMARKS.md defect 3): at most this much of the
-    /// journal is replayed (and deduplicated by Redis) after a crash, instead of a file write + rename per batch.
-    static let commitInterval = Duration.milliseconds(100)
-
-    private func persistPendingCommit() {
-        do {
-            try journal.persistPendingCommit()
-        } catch {
-            logger.error("cannot persist the committed journal position", metadata: ["error": "\(error)"])
+    func write(_ entries: [JournalEntry], replayed: Bool) throws {
+        if connection == nil {
+            connection = try RedisConnection(
+                endpoint: configuration.redis, connectTimeout: 2,
+                commandTimeout: configuration.redisCommandTimeout, logger: logger)
         }
+        try write(entries, connection!)
     }
 
-    private func commit(_ next: JournalPosition, _ position: inout JournalPosition) {
-        do {
-            try journal.commit(next, persistAfter: Self.commitInterval)
-            position = next
-            statistics.value.withLock { $0.committed = next }
-        } catch {
-            // The batch is in Redis; only the bookkeeping failed. Keep going from `next` in memory: a restart
-            // replays from the older committed position, which the dedup ids make harmless.
-            logger.error("cannot persist the committed journal position", metadata: ["error": "\(error)"])
-            position = next
+    func idle() {
+        if let connection, !connection.isBroken { recordAcks(connection) }
+    }
+
+    func writeFailed(_ error: any Error, failures: Int) {
+        statistics.value.withLock {
+            $0.redisFailures += 1
+            $0.lastRedisError = "\(error)"
         }
+        if case RedisError.connectFailed = error { connection = nil }
+    }
+
+    func committed(_ position: JournalPosition) {
+        statistics.value.withLock { $0.committed = position }
     }
 
     /// Adds the acks confirmed since the last batch to the stats hash while idle (so the count does not wait for the
@@ -220,7 +107,7 @@ final class StreamWriter: @unchecked Sendable {
     /// One pipeline for the batch; Redis-rejected records are dead-lettered in a second pipeline. Then the acks.
     private func write(_ entries: [JournalEntry], _ connection: RedisConnection) throws(RedisError) {
         let plans = entries.map {
-            StreamEntryFormat.plan($0, routes: routes, configuration: configuration, journalIdentity: journal.identity)
+            StreamEntryFormat.plan($0, routes: routes, configuration: configuration, journalIdentity: journalIdentity)
         }
         var pipeline = connection.makePipeline()
         var trims: [String: Int?] = [:]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import OpsBusJournal
 import OpsBusBridge
 import OpsBusCore
 

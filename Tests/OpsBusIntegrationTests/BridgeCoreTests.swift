@@ -1,4 +1,5 @@
 import Foundation
+@testable import OpsBusJournal
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis
@@ -242,7 +243,7 @@ struct BridgeJournalTests {
         let directory = temporaryDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let journal = try Journal(directory: directory)
-        #expect(throws: BridgeError.self) { try Journal(directory: directory) }
+        #expect(throws: JournalError.self) { try Journal(directory: directory) }
         journal.close()
         _ = try Journal(directory: directory)
     }

@@ -1,4 +1,5 @@
 import Foundation
+import OpsBusJournal
 import OpsBusBridge
 import OpsBusCore
 import OpsBusMQTT

@@ -1,3 +1,4 @@
+import OpsBusJournal
 import OpsBusHTTP
 import OpsBusMQTT
 import Prometheus

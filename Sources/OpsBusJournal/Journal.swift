@@ -21,10 +21,11 @@ public enum JournalFsync: String, Sendable, Hashable, CaseIterable, CustomString
     public var description: String { rawValue }
 }
 
-/// The bridge's local append-only journal: the durable hand-off between the MQTT message handler and Redis.
+/// A local append-only journal: the durable hand-off between an MQTT message handler and Redis, used by the bridge
+/// and by the batching processor.
 ///
 /// **Why a journal.** libmosquitto sends the PUBACK of a QoS 1 message after the message handler returns, and has no
-/// manual acknowledgement. Writing to Redis inside the handler would serialize the bridge on one Redis round trip
+/// manual acknowledgement. Writing to Redis inside the handler would serialize a service on one Redis round trip
 /// per message (and stall keepalive while Redis is down). Instead the handler appends the message to this file with
 /// one `write(2)` and returns: once `write` returned, the bytes belong to the kernel, so killing the process cannot
 /// lose them, and the PUBACK that follows is safe for process crashes. (An OS crash or power loss needs
@@ -32,7 +33,7 @@ public enum JournalFsync: String, Sendable, Hashable, CaseIterable, CustomString
 ///
 /// **Layout.** A directory holding `segment-<16 digits>.journal` files (appended in number order), `committed`
 /// (`<segment> <offset>`: everything before it is in Redis; replaced atomically by write + rename) and `lock`
-/// (an `flock` so two bridges never share a journal).
+/// (an `flock` so two processes never share a journal).
 ///
 /// **Cost at moderate rates** (issue 6, BENCHMARKS.md defect 3). At a steady 1,000 messages/s each writer batch holds
 /// one or two records, so per-batch file work dominates: the reader keeps the segment it reads open (one `pread` per
@@ -47,14 +48,14 @@ public enum JournalFsync: String, Sendable, Hashable, CaseIterable, CustomString
 /// that were already written to Redis just before a crash; the Redis side deduplicates them.
 ///
 /// **Bounds.** The live segments may hold at most `maxBytes`; an append that does not fit returns `.full` and the
-/// bridge rejects the message (the broker keeps it and redelivers). Segments roll over at `segmentBytes` and are
+/// service rejects the message (the broker keeps it and redelivers). Segments roll over at `segmentBytes` and are
 /// deleted once fully committed.
 public final class Journal: Sendable {
     public enum AppendResult: Sendable, Equatable {
         case appended(JournalPosition)
         /// Appending would exceed `maxBytes`; try again after the writer caught up.
         case full
-        case failed(BridgeError)
+        case failed(JournalError)
     }
 
     struct AppendState {
@@ -96,7 +97,7 @@ public final class Journal: Sendable {
 
     /// Opens (creating if needed) and recovers the journal in `directory`, then starts a new segment for appends.
     public init(directory: String, maxBytes: Int64 = 1 << 30, segmentBytes: Int64? = nil, fsync: JournalFsync = .never,
-                logger: Logger = Logger(label: "opsbus.bridge.journal")) throws(BridgeError) {
+                logger: Logger = Logger(label: "opsbus.journal")) throws(JournalError) {
         guard maxBytes >= 64 * 1024 else {
             throw .invalidConfiguration(reason: "journal max bytes must be at least 65536 (got \(maxBytes))")
         }
@@ -108,7 +109,7 @@ public final class Journal: Sendable {
         do {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         } catch {
-            throw .journalIO(path: directory, operation: "mkdir", reason: "\(error)")
+            throw .io(path: directory, operation: "mkdir", reason: "\(error)")
         }
         let lockPath = directory + "/lock"
         let lockDescriptor = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC, 0o644)
@@ -122,9 +123,9 @@ public final class Journal: Sendable {
         }
         guard locked else {
             Glibc.close(lockDescriptor)
-            throw .journalIO(
+            throw .io(
                 path: directory, operation: "lock",
-                reason: "in use by another bridge process (each bridge instance needs its own journal directory)")
+                reason: "in use by another process (each bridge or processor instance needs its own journal directory)")
         }
         self.lockDescriptor = lockDescriptor
         do {
@@ -199,11 +200,11 @@ public final class Journal: Sendable {
     public func append(_ record: JournalRecord) -> AppendResult {
         let bytes = record.encoded()
         return state.withLock { state -> AppendResult in
-            guard !state.closed else { return .failed(.journalIO(path: directory, operation: "append", reason: "closed")) }
+            guard !state.closed else { return .failed(.io(path: directory, operation: "append", reason: "closed")) }
             let count = Int64(bytes.count)
             if state.totalBytes + count > maxBytes { return .full }
             if state.size > 0 && state.size + count > segmentBytes {
-                do throws(BridgeError) { try rollOver(&state) } catch { return .failed(error) }
+                do throws(JournalError) { try rollOver(&state) } catch { return .failed(error) }
             }
             let position = JournalPosition(segment: state.segment, offset: state.size)
             let written = bytes.withUnsafeBytes { buffer -> Int in
@@ -222,7 +223,7 @@ public final class Journal: Sendable {
             guard written == bytes.count else {
                 let reason = written < 0 ? String(cString: strerror(Int32(-written))) : "short write"
                 _ = ftruncate(state.descriptor, off_t(state.size))
-                return .failed(.journalIO(path: Self.segmentPath(directory, state.segment), operation: "write", reason: reason))
+                return .failed(.io(path: Self.segmentPath(directory, state.segment), operation: "write", reason: reason))
             }
             if fsync == .always && fdatasync(state.descriptor) != 0 {
                 let error = Self.ioError(Self.segmentPath(directory, state.segment), "fdatasync")
@@ -236,7 +237,7 @@ public final class Journal: Sendable {
         }
     }
 
-    private func rollOver(_ state: inout AppendState) throws(BridgeError) {
+    private func rollOver(_ state: inout AppendState) throws(JournalError) {
         let next = state.segment + 1
         let descriptor = try Self.openSegment(directory, next)
         if fsync != .never { _ = fdatasync(state.descriptor) }
@@ -269,7 +270,7 @@ public final class Journal: Sendable {
 
     /// Records everything before `position` as written to Redis: the `committed` file is replaced atomically
     /// (write, optional fsync, rename), then segments wholly before `position` are deleted.
-    public func commit(_ position: JournalPosition) throws(BridgeError) {
+    public func commit(_ position: JournalPosition) throws(JournalError) {
         try writeCommitted(position)
         deleteObsoleteSegments(before: position)
     }
@@ -279,7 +280,7 @@ public final class Journal: Sendable {
     /// pending for `persistPendingCommit()` (the writer calls it when idle and past the interval, and `close` does).
     /// The in-memory `committed` moves at once. A crash loses at most `interval` of commits: those records are
     /// replayed, and the Redis side deduplicates them.
-    public func commit(_ position: JournalPosition, persistAfter interval: Duration) throws(BridgeError) {
+    public func commit(_ position: JournalPosition, persistAfter interval: Duration) throws(JournalError) {
         let now = ContinuousClock.now
         let obsolete = state.withLock { state in state.segmentSizes.keys.contains { $0 < position.segment } }
         let due = commitFile.withLock { file -> Bool in
@@ -303,12 +304,12 @@ public final class Journal: Sendable {
     }
 
     /// Writes the pending committed position, if any.
-    public func persistPendingCommit() throws(BridgeError) {
+    public func persistPendingCommit() throws(JournalError) {
         guard let pending = commitFile.withLock({ $0.pending }) else { return }
         try writeCommitted(pending)
     }
 
-    private func writeCommitted(_ position: JournalPosition) throws(BridgeError) {
+    private func writeCommitted(_ position: JournalPosition) throws(JournalError) {
         let path = directory + "/committed"
         let temporary = path + ".tmp"
         let text = Array("\(position.segment) \(position.offset)\n".utf8)
@@ -356,7 +357,7 @@ public final class Journal: Sendable {
     /// `position`, never past what has been appended. Moves on to the next segment at the end of a sealed one; a
     /// corrupt record in a sealed segment (disk damage: recovery already cut torn tails) ends that segment, logged.
     public func read(from position: JournalPosition, maxRecords: Int, maxBytes: Int = 8 * 1024 * 1024)
-        throws(BridgeError) -> (entries: [JournalEntry], next: JournalPosition)
+        throws(JournalError) -> (entries: [JournalEntry], next: JournalPosition)
     {
         var position = position
         var entries: [JournalEntry] = []
@@ -431,9 +432,9 @@ public final class Journal: Sendable {
     }
 
     /// Reads from a segment through the cached descriptor, opening it (and closing the previous one) on a change.
-    private func readSegment(_ segment: UInt64, offset: Int64, length: Int) throws(BridgeError) -> [UInt8] {
+    private func readSegment(_ segment: UInt64, offset: Int64, length: Int) throws(JournalError) -> [UInt8] {
         let path = Self.segmentPath(directory, segment)
-        return try readCache.withLock { cache throws(BridgeError) -> [UInt8] in
+        return try readCache.withLock { cache throws(JournalError) -> [UInt8] in
             if let current = cache, current.segment != segment {
                 Glibc.close(current.descriptor)
                 cache = nil
@@ -454,10 +455,10 @@ public final class Journal: Sendable {
         return directory + "/segment-" + String(repeating: "0", count: max(0, 16 - digits.count)) + digits + ".journal"
     }
 
-    static func listSegments(_ directory: String) throws(BridgeError) -> [UInt64] {
+    static func listSegments(_ directory: String) throws(JournalError) -> [UInt64] {
         let names: [String]
         do { names = try FileManager.default.contentsOfDirectory(atPath: directory) } catch {
-            throw .journalIO(path: directory, operation: "list", reason: "\(error)")
+            throw .io(path: directory, operation: "list", reason: "\(error)")
         }
         return names.compactMap { name -> UInt64? in
             guard name.hasPrefix("segment-"), name.hasSuffix(".journal") else { return nil }
@@ -465,12 +466,12 @@ public final class Journal: Sendable {
         }.sorted()
     }
 
-    static func loadIdentity(_ directory: String) throws(BridgeError) -> String {
+    static func loadIdentity(_ directory: String) throws(JournalError) -> String {
         let path = directory + "/identity"
         if FileManager.default.fileExists(atPath: path) {
             let text = String(decoding: try readFile(path, offset: 0, length: 128), as: UTF8.self)
                 .trimmingCharacters(in: .whitespacesAndNewlines)
-            guard !text.isEmpty else { throw .journalIO(path: path, operation: "parse", reason: "empty identity file") }
+            guard !text.isEmpty else { throw .io(path: path, operation: "parse", reason: "empty identity file") }
             return text
         }
         let identity = EventID.make()
@@ -478,25 +479,25 @@ public final class Journal: Sendable {
         do {
             try Data((identity + "\n").utf8).write(to: URL(fileURLWithPath: temporary))
         } catch {
-            throw .journalIO(path: temporary, operation: "write", reason: "\(error)")
+            throw .io(path: temporary, operation: "write", reason: "\(error)")
         }
         guard rename(temporary, path) == 0 else { throw ioError(path, "rename") }
         return identity
     }
 
-    static func readCommitted(_ directory: String) throws(BridgeError) -> JournalPosition? {
+    static func readCommitted(_ directory: String) throws(JournalError) -> JournalPosition? {
         let path = directory + "/committed"
         guard FileManager.default.fileExists(atPath: path) else { return nil }
         let data = try readFile(path, offset: 0, length: 128)
         let parts = String(decoding: data, as: UTF8.self).split(whereSeparator: { $0 == " " || $0 == "\n" })
         guard parts.count == 2, let segment = UInt64(parts[0]), let offset = Int64(parts[1]), offset >= 0 else {
-            throw .journalIO(path: path, operation: "parse", reason: "expected '<segment> <offset>'")
+            throw .io(path: path, operation: "parse", reason: "expected '<segment> <offset>'")
         }
         return JournalPosition(segment: segment, offset: offset)
     }
 
     /// Cuts the file after its last intact record (scanning from `from`, a known record boundary).
-    static func truncateTornTail(_ path: String, from: Int64, logger: Logger) throws(BridgeError) {
+    static func truncateTornTail(_ path: String, from: Int64, logger: Logger) throws(JournalError) {
         let size = try fileSize(path)
         var offset = min(from, size)
         let chunk = 4 * 1024 * 1024
@@ -528,27 +529,27 @@ public final class Journal: Sendable {
         }
     }
 
-    static func openSegment(_ directory: String, _ segment: UInt64) throws(BridgeError) -> Int32 {
+    static func openSegment(_ directory: String, _ segment: UInt64) throws(JournalError) -> Int32 {
         let path = segmentPath(directory, segment)
         let descriptor = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw ioError(path, "open") }
         return descriptor
     }
 
-    static func fileSize(_ path: String) throws(BridgeError) -> Int64 {
+    static func fileSize(_ path: String) throws(JournalError) -> Int64 {
         var info = stat()
         guard stat(path, &info) == 0 else { throw ioError(path, "stat") }
         return Int64(info.st_size)
     }
 
-    static func readFile(_ path: String, offset: Int64, length: Int) throws(BridgeError) -> [UInt8] {
+    static func readFile(_ path: String, offset: Int64, length: Int) throws(JournalError) -> [UInt8] {
         let descriptor = open(path, O_RDONLY | O_CLOEXEC)
         guard descriptor >= 0 else { throw ioError(path, "open") }
         defer { Glibc.close(descriptor) }
         return try pread(descriptor, path: path, offset: offset, length: length)
     }
 
-    static func pread(_ descriptor: Int32, path: String, offset: Int64, length: Int) throws(BridgeError) -> [UInt8] {
+    static func pread(_ descriptor: Int32, path: String, offset: Int64, length: Int) throws(JournalError) -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: length)
         var done = 0
         while done < length {
@@ -566,7 +567,7 @@ public final class Journal: Sendable {
         return buffer
     }
 
-    static func ioError(_ path: String, _ operation: String) -> BridgeError {
-        .journalIO(path: path, operation: operation, reason: String(cString: strerror(errno)))
+    static func ioError(_ path: String, _ operation: String) -> JournalError {
+        .io(path: path, operation: operation, reason: String(cString: strerror(errno)))
     }
 }

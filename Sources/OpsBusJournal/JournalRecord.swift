@@ -1,6 +1,6 @@
 import OpsBusCore
 
-/// One MQTT message as the bridge journals it.
+/// One MQTT message as it is journaled.
 ///
 /// On disk (little-endian): `u32 bodyLength, u32 crc32(body), body`, with body =
 /// `u8 version(1), u8 flags(bit0 retain, bit1 truncated), u8 qos, i64 receivedAtMs, u32 originalPayloadBytes,

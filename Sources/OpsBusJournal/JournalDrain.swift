@@ -1,0 +1,246 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Where a `JournalDrain` writes its batches (the bridge's streams, the processor's state).
+///
+/// All calls come from the drain's one thread, in journal order.
+public protocol JournalBatchSink: AnyObject, Sendable {
+    /// Writes one batch. Throwing means "nothing is known to be done": the drain retries the *same* batch with
+    /// backoff, so a write must be idempotent (records that did reach Redis are recognised by their ids).
+    /// `replayed`: the batch holds records journaled before this process opened the journal. Such a record may
+    /// have been written (and counted) by a process that crashed before committing it.
+    func write(_ entries: [JournalEntry], replayed: Bool) throws
+    /// The journal is drained; called before each idle wait (for housekeeping that must not wait for traffic).
+    func idle()
+    /// A write failed `failures` times in a row (1, 2, …): count it; the drain logs it and backs off.
+    func writeFailed(_ error: any Error, failures: Int)
+    /// Everything before `position` is written and committed.
+    func committed(_ position: JournalPosition)
+}
+
+extension JournalBatchSink {
+    public func idle() {}
+    public func writeFailed(_ error: any Error, failures: Int) {}
+    public func committed(_ position: JournalPosition) {}
+}
+
+/// The thread that drains a journal into a sink: read a batch after the committed position, write it, commit,
+/// repeat; wait for `notify()` when drained.
+///
+/// It runs on a dedicated `Thread`, not on the Swift cooperative pool, because the sinks block on Redis (and block
+/// for long while Redis is down). One thread means journal order is write order: what one publisher sent keeps its
+/// order. A failed write is retried as a whole, with backoff, until it succeeds or the drain deadline of a stop
+/// passes; nothing is committed before it succeeded.
+public final class JournalDrain: Sendable {
+    /// How stale the persisted committed position may get (BENCHMARKS.md defect 3): at most this much of the
+    /// journal is replayed (and deduplicated by Redis) after a crash, instead of a file write + rename per batch.
+    public static let commitInterval = Duration.milliseconds(100)
+
+    private let journal: Journal
+    private let sink: any JournalBatchSink
+    private let batchSize: Int
+    private let drainTimeout: Duration
+    private let threadName: String
+    private let logger: Logger
+    private let wakeup = DispatchSemaphore(value: 0)
+    private let control = Mutex(Control())
+    /// Records before this position were journaled by an earlier process (see `JournalBatchSink.write`).
+    private let replayEnd: JournalPosition
+
+    struct Control {
+        var stopRequested = false
+        var stopDeadline: ContinuousClock.Instant?
+        var finished = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+
+    /// `drainTimeout`: after `requestStop()`, how long the thread keeps writing what is journaled.
+    public init(journal: Journal, sink: any JournalBatchSink, batchSize: Int, drainTimeout: Duration,
+                threadName: String, logger: Logger) {
+        self.journal = journal
+        self.sink = sink
+        self.batchSize = max(1, batchSize)
+        self.drainTimeout = drainTimeout
+        self.threadName = threadName
+        self.logger = logger
+        replayEnd = journal.appendedEnd
+    }
+
+    public func start() {
+        let thread = Thread { [self] in self.main() }
+        thread.name = threadName
+        thread.start()
+    }
+
+    /// Wakes the thread: new records were journaled.
+    public func notify() { wakeup.signal() }
+
+    /// Asks the thread to write what is journaled (until `drainTimeout`), then exit.
+    public func requestStop() {
+        control.withLock {
+            $0.stopRequested = true
+            $0.stopDeadline = .now + drainTimeout
+        }
+        wakeup.signal()
+    }
+
+    /// Returns once the thread exited.
+    public func waitForExit() async {
+        await withCheckedContinuation { continuation in
+            let done = control.withLock { control -> Bool in
+                if control.finished { return true }
+                control.waiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    private var stopState: (requested: Bool, pastDeadline: Bool) {
+        control.withLock { ($0.stopRequested, $0.stopDeadline.map { .now >= $0 } ?? false) }
+    }
+
+    private func main() {
+        var position = journal.committed
+        var failures = 0
+        outer: while true {
+            if journal.fsync == .batch { journal.sync() }
+            var batch: (entries: [JournalEntry], next: JournalPosition)
+            do {
+                batch = try journal.read(from: position, maxRecords: batchSize)
+            } catch {
+                logger.error("cannot read the journal", metadata: ["error": "\(error)"])
+                if stopState.requested { break }
+                _ = wakeup.wait(timeout: .now() + 1)
+                continue
+            }
+            if batch.entries.isEmpty {
+                if batch.next != position { commit(batch.next, &position) }
+                sink.idle()
+                if stopState.requested && journal.appendedEnd <= position { break }
+                if stopState.pastDeadline { break }
+                // Idle: the lazily committed position is written once its interval is over (or on the next batch).
+                var wait = Duration.milliseconds(200)
+                if let due = journal.pendingCommitDue(after: Self.commitInterval) {
+                    let left = due - .now
+                    if left <= .zero { persistPendingCommit() } else { wait = min(wait, left) }
+                }
+                _ = wakeup.wait(timeout: .now() + .microseconds(max(1, Int(wait / .microseconds(1)))))
+                continue
+            }
+            // Write the batch, retrying the whole batch (idempotent) until it succeeds or the drain deadline passes.
+            // A batch is either all replayed records or none (see `JournalBatchSink.write`).
+            let replayed = batch.entries[0].position < replayEnd
+            if replayed, let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
+                batch = (Array(batch.entries[..<cut]), batch.entries[cut].position)
+            }
+            while true {
+                do {
+                    try sink.write(batch.entries, replayed: replayed)
+                    if failures > 0 { logger.notice("Redis writes resumed", metadata: ["after_failures": "\(failures)"]) }
+                    failures = 0
+                    break
+                } catch {
+                    failures += 1
+                    sink.writeFailed(error, failures: failures)
+                    if failures == 1 || failures % 20 == 0 {
+                        logger.warning("Redis write failed; retrying (the journal keeps the messages)",
+                            metadata: ["error": "\(error)", "failures": "\(failures)"])
+                    }
+                    if stopState.pastDeadline {
+                        logger.warning("stopping with unwritten journal records; they are written at the next start",
+                            metadata: ["from": "\(position)"])
+                        break outer
+                    }
+                    let delay = min(2.0, 0.05 * pow(2, Double(min(failures, 10))))
+                    Thread.sleep(forTimeInterval: delay)
+                }
+            }
+            commit(batch.next, &position)
+        }
+        persistPendingCommit()
+        let waiters = control.withLock { control -> [CheckedContinuation<Void, Never>] in
+            control.finished = true
+            defer { control.waiters = [] }
+            return control.waiters
+        }
+        waiters.forEach { $0.resume() }
+    }
+
+    private func persistPendingCommit() {
+        do {
+            try journal.persistPendingCommit()
+        } catch {
+            logger.error("cannot persist the committed journal position", metadata: ["error": "\(error)"])
+        }
+    }
+
+    private func commit(_ next: JournalPosition, _ position: inout JournalPosition) {
+        do {
+            try journal.commit(next, persistAfter: Self.commitInterval)
+        } catch {
+            // The batch is written; only the bookkeeping failed. Keep going from `next` in memory: a restart
+            // replays from the older committed position, which the ids make harmless.
+            logger.error("cannot persist the committed journal position", metadata: ["error": "\(error)"])
+        }
+        position = next
+        sink.committed(next)
+    }
+}
+
+/// The message handler's side of a journal: append, or refuse so the broker keeps the message.
+///
+/// Order: a rejection shuts the MQTT socket, but messages already in the socket's receive buffer may still reach the
+/// handler. Accepting one of those would put it in the journal before the rejected message, which the broker
+/// redelivers later. So after a rejection everything is refused for a short while: long enough for the buffered
+/// messages (processed at once, in the same loop pass), shorter than the reconnect delay (0.5 s with jitter), after
+/// which the broker redelivers in order.
+public final class JournalAdmission: Sendable {
+    public enum Outcome: Sendable, Equatable {
+        case appended
+        /// Not journaled (full, failed, or inside the window after a rejection): reject the message.
+        case refused
+    }
+
+    private let journal: Journal
+    private let logger: Logger
+    private let refusingUntil = Mutex<ContinuousClock.Instant?>(nil)
+    private let refusals = Mutex(0)
+
+    public init(journal: Journal, logger: Logger) {
+        self.journal = journal
+        self.logger = logger
+    }
+
+    /// Messages refused so far.
+    public var refused: Int { refusals.withLock { $0 } }
+
+    public func append(_ record: JournalRecord) -> Outcome {
+        let now = ContinuousClock.now
+        if let until = refusingUntil.withLock({ $0 }), now < until {
+            refusals.withLock { $0 += 1 }
+            return .refused
+        }
+        switch journal.append(record) {
+        case .appended:
+            return .appended
+        case .full:
+            let count = refuse(until: now + .milliseconds(250))
+            if count == 1 || count % 1000 == 0 {
+                logger.warning("journal full; rejecting messages until it is drained (the broker keeps them)",
+                    metadata: ["max_bytes": "\(journal.maxBytes)", "rejected": "\(count)"])
+            }
+        case .failed(let error):
+            refuse(until: now + .milliseconds(250))
+            logger.error("journal append failed; rejecting the message", metadata: ["error": "\(error)"])
+        }
+        return .refused
+    }
+
+    @discardableResult
+    private func refuse(until: ContinuousClock.Instant) -> Int {
+        refusingUntil.withLock { $0 = until }
+        return refusals.withLock { $0 += 1; return $0 }
+    }
+}
