@@ -248,11 +248,13 @@ class Bench:
                                "--client-id", "bench-pybridge", "--filter", filter_], log_name="pybridge.log")
             s.wait_subscribed("bench-pybridge")
             return [proc], (lambda: s.redis.xlen("events:jobs") >= events)
-        if kind == "opsbus-processor":
+        if kind in ("opsbus-processor", "opsbus-processor-batch"):
             for n in range(1, instances + 1):
                 client = f"bench-proc-{n}"
                 argv = [self.tool("opsbus"), "processor", "--client-id", client, "--mqtt-url", s.mqtt_url,
                         "--redis-url", s.redis_url]
+                if kind == "opsbus-processor-batch":
+                    argv += ["--journal", tempfile.mkdtemp(prefix="processor-journal-", dir=self.work)]
                 if instances > 1:
                     argv += ["--group", "bench", "--instance", str(n)]
                 procs.append(self.spawn(argv, env={"OPSBUS_LOG_LEVEL": "error"}, log_name="processor.log"))
@@ -402,10 +404,14 @@ class Bench:
         limit = statistics.median(self.figures(c))
         self.row(f"processor mix, {events} ev: C subscriber QoS 1", self.figures(c),
                  cpu=statistics.median(self.figures(c, "cpu_us_per_event")), note="limit")
-        for instances in (1, 2, 4):
-            o = self.repeat("o", lambda run: self.delivery_run(f"processor x{instances}", run, "opsbus-processor",
-                                                                load, events, instances=instances))
-            self.row(f"processor mix: opsbus processor ×{instances}", self.figures(o), "C subscriber", limit,
+        # One event at a time (no journal) once, for comparison; then batching behind a journal (--journal).
+        for kind, instances in (("opsbus-processor", 1), ("opsbus-processor-batch", 1), ("opsbus-processor-batch", 2),
+                                ("opsbus-processor-batch", 4)):
+            label = f"processor x{instances}" + (" batch" if kind.endswith("batch") else "")
+            o = self.repeat("o", lambda run: self.delivery_run(label, run, kind, load, events, instances=instances))
+            name = f"opsbus processor ×{instances}" + (", --journal (batches)" if kind.endswith("batch")
+                                                       else ", one event at a time")
+            self.row(f"processor mix: {name}", self.figures(o), "C subscriber", limit,
                      cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
                      note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total; "
                           f"redis-server {statistics.median(self.figures(o, 'redis_cpu_us_per_event') or [0]):.0f} "
@@ -424,7 +430,7 @@ class Bench:
         p50, p99, p999 = [], [], []
         for run in range(1, self.args.runs + 1):
             s.fresh_broker()
-            procs, _ = self.start_consumer("opsbus-processor", n)
+            procs, _ = self.start_consumer("opsbus-processor-batch", n)
             cpu0 = proc_cpu(procs[0].pid)
             out = os.path.join(self.work, f"latency-{run}.txt")
             result = self.run_json([self.tool("latency"), "-p", str(s.mqtt_port), "-P", str(s.redis_port), "-f", load,
@@ -468,7 +474,9 @@ class Bench:
                              "--client-id", "bench-bridge", "--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url],
                             env={"OPSBUS_LOG_LEVEL": "warning"}, log_name="soak.log")
         processor = self.spawn([self.tool("opsbus"), "processor", "--client-id", "bench-proc-1", "--mqtt-url",
-                                s.mqtt_url, "--redis-url", s.redis_url], env={"OPSBUS_LOG_LEVEL": "error"},
+                                s.mqtt_url, "--redis-url", s.redis_url, "--journal",
+                                tempfile.mkdtemp(prefix="processor-journal-", dir=self.work)],
+                               env={"OPSBUS_LOG_LEVEL": "error"},
                                log_name="soak.log")
         s.wait_subscribed("bench-bridge")
         s.wait_subscribed("bench-proc-1")

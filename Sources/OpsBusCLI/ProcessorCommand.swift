@@ -18,6 +18,8 @@ struct ProcessorCommand: AsyncParsableCommand {
             due) or the job dead-letter stream, failover of a dead worker's jobs, precache/scaling/failover triggers, \
             webhook notifications to NOTIFICATION_SERVICE_URL for jobs that ask for one.
 
+            Batching (--journal DIR or OPSBUS_PROCESSOR_JOURNAL): each message is appended to a local journal             before the broker gets its PUBACK (kill -9 still loses nothing), and a drain thread applies the journal             to Redis in batches of up to --batch-size events, one round trip and one script call per batch: several             times the synchronous throughput (BENCHMARKS.md). Same atomic, idempotent, ordered state. While Redis is             down the journal grows up to 1 GiB, then messages are refused and the broker keeps them. One journal             directory per instance.
+
             Scale out: run several with the same --group (MQTT 5 shared subscription $share/<group>/…) and a \
             different --instance each.
 
@@ -77,6 +79,14 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Consumer group for --source stream:… (instances in one group share the entries).")
     var streamGroup: String = "opsbus-processor"
 
+    @Option(help: ArgumentHelp(
+        "Journal directory: apply events in batches behind a local journal (default: off, one event at a time; $OPSBUS_PROCESSOR_JOURNAL).",
+        valueName: "dir"))
+    var journal: String?
+
+    @Option(help: "Events per Redis script call with --journal (1-1000).")
+    var batchSize: Int = 128
+
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var http: HTTPOptions
     @OptionGroup var common: CommonOptions
@@ -120,6 +130,18 @@ struct ProcessorCommand: AsyncParsableCommand {
             configuration.source = .stream(key: String(source.dropFirst("stream:".count)), group: streamGroup)
         } else if source != "mqtt" {
             throw ValidationError("--source must be mqtt or stream:<key>, not '\(source)'")
+        }
+        if let directory = try journal ?? settings.value("OPSBUS_PROCESSOR_JOURNAL") {
+            if case .stream = configuration.source {
+                throw ValidationError("--journal applies to --source mqtt only (a stream source is durable already)")
+            }
+            guard (1...1000).contains(batchSize) else {
+                throw ValidationError("--batch-size must be from 1 to 1000, not \(batchSize)")
+            }
+            var settings = ProcessorJournal(directory: directory)
+            settings.batchSize = batchSize
+            settings.drainTimeout = shutdownTimeout * 0.8
+            configuration.journal = settings
         }
         for name in ["NOTIFICATION_SERVICE_URL", "NOTIFICATION_SECRET", "NOTIFICATION_SECRET_FILE"] {
             _ = try settings.value(name)

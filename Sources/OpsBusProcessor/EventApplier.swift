@@ -39,22 +39,175 @@ final class EventApplier {
     }
 
     func apply(topic: String, payload: [UInt8]) -> ApplyResult {
-        let plan: RedisPlan
-        let envelope: EventEnvelope?
-        switch validate(topic: topic, payload: payload) {
-        case .success(let (valid, subject)):
-            envelope = valid
-            plan = RedisPlan(envelope: valid, subject: subject, topic: topic, payload: payload,
-                             configuration: configuration)
-        case .failure(let reason):
-            envelope = reason.envelope
-            plan = RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
-                             sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) })
-        }
+        let (plan, envelope) = makePlan(topic: topic, payload: payload)
         let result = execute(plan)
+        finish(result, envelope: envelope, topic: topic)
+        return result
+    }
+
+    /// Validates a message and decides its Redis work. `originalBytes`: its size when `payload` is only its start.
+    private func makePlan(topic: String, payload: [UInt8], originalBytes: Int? = nil) -> (RedisPlan, EventEnvelope?) {
+        let validation = (originalBytes ?? payload.count) > configuration.maxPayloadBytes
+            ? .failure(RejectionReason(
+                "oversize: \(originalBytes ?? payload.count) bytes > limit \(configuration.maxPayloadBytes)"))
+            : validate(topic: topic, payload: payload)
+        switch validation {
+        case .success(let (valid, subject)):
+            return (RedisPlan(envelope: valid, subject: subject, topic: topic, payload: payload,
+                              configuration: configuration), valid)
+        case .failure(let reason):
+            return (RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
+                              sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) },
+                              originalBytes: originalBytes),
+                    reason.envelope)
+        }
+    }
+
+    /// What follows an outcome in Redis: metrics and the log line (the counters were called by `execute`).
+    private func finish(_ result: ApplyResult, envelope: EventEnvelope?, topic: String) {
         metrics?.record(result, eventType: envelope?.eventType, timestamp: envelope?.timestamp)
         logOutcome(result, envelope: envelope, topic: topic)
-        return result
+    }
+
+    /// A journaled message for `applyBatch`.
+    struct BatchMessage {
+        var topic: String
+        var payload: [UInt8]
+        /// The size the message had when `payload` is only its start (an oversize message).
+        var originalBytes: Int
+    }
+
+    /// Applies messages in journal order with one round trip and one script call (`BatchApplyScript`), the
+    /// batching processor's path. Throws when Redis failed in a way that leaves the batch's fate unknown (connection
+    /// lost, timeout, a transient error of the whole call): the caller retries the same batch, passing `retried`,
+    /// and the scripts' dedup and the stats rule (`EventStatsScript`) make that harmless.
+    func applyBatch(_ messages: [BatchMessage], retried: Bool) throws(RedisError) {
+        let planned = messages.map { message in
+            makePlan(topic: message.topic, payload: message.payload,
+                     originalBytes: message.originalBytes > message.payload.count ? message.originalBytes : nil)
+        }
+        let connection: RedisConnection
+        do {
+            connection = try self.connection()
+        } catch {
+            dropConnection()
+            throw error
+        }
+        var pipeline = connection.makePipeline()
+        var calls: [(plan: Int, call: RedisPlan.BatchCall)] = []
+        var deadLetterSlots: [(plan: Int, slot: Int)] = []
+        var slot = 0
+        for (index, (plan, _)) in planned.enumerated() {
+            if let event = plan.eventCall(retried: retried) { calls.append((index, event)) }
+            if let sequence = plan.sequenceCall { calls.append((index, sequence)) }
+            if let commands = plan.deadLetterCommands {
+                deadLetterSlots.append((index, slot))
+                commands.forEach { pipeline.append($0) }
+                slot += commands.count
+            }
+        }
+        if !calls.isEmpty {
+            var keys: [String] = []
+            var arguments = [String(calls.count)]
+            for (_, call) in calls {
+                keys += call.keys
+                arguments += [call.kind, String(call.keys.count), String(call.arguments.count)] + call.arguments
+            }
+            pipeline.appendEvaluate(BatchApplyScript.script, keys: keys, arguments: arguments)
+        }
+        let replies: [RedisReply]
+        do {
+            replies = try pipeline.execute()
+        } catch {
+            dropConnection()
+            throw error
+        }
+        var results = [ApplyResult?](repeating: nil, count: planned.count)
+        for (index, at) in deadLetterSlots {
+            if let message = replies[at].errorMessage {
+                logger.error("Redis rejected a dead letter; dropping it",
+                             metadata: ["topic": "\(planned[index].0.topic)", "error": "\(message)"])
+            }
+            results[index] = .deadLettered(reason: planned[index].0.reason ?? "rejected")
+        }
+        if !calls.isEmpty {
+            let reply = replies[slot]
+            if let message = reply.errorMessage {
+                // The whole call failed: transient (busy, loading …) means retry the batch; anything else would fail
+                // again, so each event goes its own way (`execute` dead-letters what Redis refuses).
+                let error = RedisError.server(message: message, command: "EVALSHA \(BatchApplyScript.script.name)")
+                if Self.transientServerErrors.contains(error.serverErrorCode ?? "") { throw error }
+                logger.warning("the batch call failed; applying its events one by one", metadata: ["error": "\(message)"])
+                for (index, (plan, _)) in planned.enumerated() {
+                    if results[index] != nil {
+                        // A dead letter, written before the call: its gap tracking was in the failed call.
+                        if let sequence = plan.sequence {
+                            let reply = try connection.evaluate(SequenceScript.script, keys: sequence.keys,
+                                                                arguments: sequence.arguments)
+                            if let message = reply.errorMessage {
+                                logger.warning("gap tracking failed for this event", metadata: ["error": "\(message)"])
+                            }
+                        }
+                        continue
+                    }
+                    let result = execute(plan, retried: retried)
+                    if case .retryLater(let reason) = result {
+                        throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
+                    }
+                    results[index] = result
+                }
+            } else {
+                try collect(reply.array ?? [], calls: calls, planned: planned, retried: retried, into: &results)
+            }
+        }
+        for (index, (plan, envelope)) in planned.enumerated() {
+            let result = results[index] ?? .applied(outcome: "applied")
+            // Event results were counted where they were decided (`collect`, `execute`); dead-letter plans here.
+            if plan.isDeadLetter { onApplied(result) }
+            finish(result, envelope: envelope, topic: plan.topic)
+        }
+    }
+
+    /// Reads the per-call results of a batch reply into `results`; an event that Redis refused is dead-lettered
+    /// with Redis's message (as `execute` does for a single event).
+    private func collect(_ slots: [RedisReply], calls: [(plan: Int, call: RedisPlan.BatchCall)],
+                         planned: [(RedisPlan, EventEnvelope?)], retried: Bool,
+                         into results: inout [ApplyResult?]) throws(RedisError) {
+        for (position, (index, call)) in calls.enumerated() {
+            let plan = planned[index].0
+            let parts = position < slots.count ? slots[position].array ?? [] : []
+            let succeeded = parts.first?.int == 1
+            let value = parts.count > 1 ? parts[1] : .null
+            if call.kind == "s" {
+                if !succeeded {
+                    logger.warning("gap tracking failed for this event (the event itself is applied)",
+                                   metadata: ["error": "\(value.string ?? "\(value)")", "topic": "\(plan.topic)"])
+                }
+                continue
+            }
+            if succeeded {
+                let result = plan.outcome(fromBatchResult: value)
+                onApplied(result)
+                results[index] = result
+            } else {
+                let reason = "Redis rejected EVALSHA \(call.kind == "j" ? JobEventScript.script.name : EntityEventScript.script.name): "
+                    + (value.string ?? "error")
+                let result = execute(RedisPlan(deadLetter: RejectionReason(reason), topic: plan.topic,
+                                               payload: plan.payload, keys: keys, sequence: nil), retried: retried)
+                if case .retryLater(let reason) = result {
+                    throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
+                }
+                results[index] = result
+            }
+        }
+    }
+
+    /// Closes the Redis connection (the processor stopped).
+    func close() { dropConnection() }
+
+    private func dropConnection() {
+        redis?.close()
+        redis = nil
     }
 
     /// One line per event with its ids as metadata (`--log-format json` makes them fields): a dead letter as a
@@ -87,9 +240,6 @@ final class EventApplier {
 
     /// Parses and checks a message; the failure string is the dead-letter reason.
     private func validate(topic: String, payload: [UInt8]) -> Result<(EventEnvelope, Identifier), RejectionReason> {
-        if payload.count > configuration.maxPayloadBytes {
-            return .failure(RejectionReason("oversize: \(payload.count) bytes > limit \(configuration.maxPayloadBytes)"))
-        }
         let envelope: EventEnvelope
         do {
             envelope = try EventEnvelope.decode(payload, maxBytes: configuration.maxPayloadBytes)
@@ -112,12 +262,13 @@ final class EventApplier {
     }
 
     /// Runs the plan, riding out a Redis outage for up to `redisRetryWindow` seconds.
-    private func execute(_ plan: RedisPlan) -> ApplyResult {
+    /// `retried`: an earlier attempt (of a batch holding the message) may have reached Redis.
+    private func execute(_ plan: RedisPlan, retried: Bool = false) -> ApplyResult {
         let deadline = Date().addingTimeInterval(configuration.redisRetryWindow)
         var failures = 0
         // Set once an attempt failed after its call may have reached Redis: the re-run must not count the
         // message again (see `EventStatsScript`).
-        var retried = false
+        var retried = retried
         while true {
             do throws(RedisError) {
                 let connection = try connection()

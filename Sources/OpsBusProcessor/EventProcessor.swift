@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import OpsBusCore
+import OpsBusJournal
 import OpsBusMQTT
 import OpsBusRedis
 import Synchronization
@@ -14,17 +15,32 @@ import Synchronization
 /// scripts drop them by event id and only move state forward, so redelivery and reordering are harmless.
 /// When Redis is unreachable the handler retries with backoff for `redisRetryWindow`, then rejects the message
 /// (the connection is dropped before the PUBACK leaves), and the broker redelivers it after the reconnect.
+///
+/// With a journal (`ProcessorConfiguration.journal`) the handler instead appends each message to a local journal
+/// and returns (a `kill -9` after the `write(2)` loses nothing: the bytes are the kernel's), and a drain thread
+/// applies the journal in batches, one round trip and one script call per batch (`BatchApplyScript`): the per-call
+/// cost in Redis, not the round trip, bounded the synchronous path (BENCHMARKS.md). One drain thread keeps journal
+/// order, so per-job order is delivery order as before. Redis down: the journal absorbs messages up to its size,
+/// then the handler refuses them and the broker keeps them.
 public final class EventProcessor: Sendable {
     public let configuration: ProcessorConfiguration
     private let logger: Logger
     private let client: MQTTClient
-    private let applier: Mutex<EventApplier>
+    private let applier: ApplierLock
     private let counterState: CounterBox
     private let subscribed = Mutex(false)
     private let notifications: NotificationSink?
     private let deliverer: WebhookDeliverer?
     /// What `/metrics` shows of this process (see `ProcessorObservability`).
     public let metrics = ProcessorMetrics()
+    /// The batching path, when configured.
+    private let batching: Batching?
+
+    private struct Batching: Sendable {
+        let journal: Journal
+        let drain: JournalDrain
+        let admission: JournalAdmission
+    }
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
         throws(ProcessorError)
@@ -45,9 +61,28 @@ public final class EventProcessor: Sendable {
         }
         let counterState = CounterBox()
         self.counterState = counterState
-        applier = Mutex(EventApplier(configuration: configuration, logger: logger, metrics: metrics) { result in
+        applier = ApplierLock(EventApplier(configuration: configuration, logger: logger, metrics: metrics) { result in
             counterState.record(result)
         })
+        if let settings = configuration.journal, configuration.source == .mqtt {
+            // (A stream source reads entries the bridge already journaled: the journal is for MQTT messages only.)
+            let journal: Journal
+            do {
+                journal = try Journal(directory: settings.directory, maxBytes: settings.maxBytes, fsync: settings.fsync,
+                                      logger: logger)
+            } catch {
+                throw .configuration("\(error)")
+            }
+            let sink = BatchSink(applier: applier, metrics: metrics)
+            batching = Batching(
+                journal: journal,
+                drain: JournalDrain(journal: journal, sink: sink, batchSize: settings.batchSize,
+                                    drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
+                                    threadName: "opsbus-processor-drain", logger: logger),
+                admission: JournalAdmission(journal: journal, logger: logger))
+        } else {
+            batching = nil
+        }
         if configuration.webhooks.isEmpty || !configuration.userNotifications {
             notifications = nil
             deliverer = nil
@@ -85,7 +120,12 @@ public final class EventProcessor: Sendable {
     public func run() async throws(ProcessorError) {
         try applier.withLock { applier throws(ProcessorError) in try applier.connect() }
         if configuration.source == .mqtt {
-            client.setMessageHandler { [self] message in handle(message) }
+            if let batching {
+                client.setMessageHandler { [self] message in journal(message, batching) }
+                batching.drain.start()
+            } else {
+                client.setMessageHandler { [self] message in handle(message) }
+            }
         }
         do {
             // With a stream source the MQTT connection still carries the processor's own events (triggers).
@@ -96,6 +136,7 @@ public final class EventProcessor: Sendable {
             subscribed.withLock { $0 = true }
         } catch {
             await client.disconnect()
+            await stopBatching()
             throw .mqtt(error)
         }
         logger.info(
@@ -137,7 +178,37 @@ public final class EventProcessor: Sendable {
         // The handler stays set until the connection is closed: a message arriving meanwhile is still applied before
         // its PUBACK (removing the handler first would route it to the hand-off stream, acknowledged but unapplied).
         await client.disconnect()
+        await stopBatching()
         logger.info("processor stopped", metadata: ["applied": "\(counters.applied)"])
+    }
+
+    /// Applies what is journaled (up to the drain timeout; the rest waits for the next start) and closes the journal.
+    private func stopBatching() async {
+        guard let batching else { return }
+        batching.drain.requestStop()
+        await batching.drain.waitForExit()
+        applier.withLock { $0.close() }
+        batching.journal.close()
+    }
+
+    /// The batching path's message handler (network thread): journal, then let the PUBACK go. Only a message that
+    /// did not reach the journal is rejected, so the broker redelivers it. An oversize message is journaled only as
+    /// far as its dead letter shows it.
+    private func journal(_ message: MQTTMessage, _ batching: Batching) -> MQTTMessageDisposition {
+        let payload = message.payload.count > configuration.maxPayloadBytes
+            ? Array(message.payload.prefix(RedisPlan.deadLetterPayloadBytes)) : message.payload
+        let record = JournalRecord(
+            topic: message.topic, payload: payload, qos: UInt8(message.qos.rawValue), retain: message.retain,
+            receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
+            originalPayloadBytes: message.payload.count)
+        switch batching.admission.append(record) {
+        case .appended:
+            batching.drain.notify()
+            return .accept
+        case .refused:
+            counterState.record(.retryLater(reason: "journal full or failing"))
+            return .reject
+        }
     }
 
     private func applyFromStream(topic: String, payload: [UInt8]) -> ApplyResult {
@@ -157,6 +228,47 @@ public final class EventProcessor: Sendable {
         default:
             return .accept
         }
+    }
+}
+
+/// The drain's sink: each batch of journaled messages goes to `EventApplier.applyBatch`.
+private final class BatchSink: JournalBatchSink, @unchecked Sendable {
+    // @unchecked: `mayHaveRun` is used by the drain thread only.
+    private let applier: ApplierLock
+    private let metrics: ProcessorMetrics
+    /// A failed attempt of the current batch may have reached Redis: its re-run must not count events twice.
+    private var mayHaveRun = false
+
+    init(applier: ApplierLock, metrics: ProcessorMetrics) {
+        self.applier = applier
+        self.metrics = metrics
+    }
+
+    func write(_ entries: [JournalEntry], replayed: Bool) throws {
+        let messages = entries.map {
+            EventApplier.BatchMessage(topic: $0.record.topic, payload: $0.record.payload,
+                                      originalBytes: $0.record.originalPayloadBytes)
+        }
+        let retried = replayed || mayHaveRun
+        try applier.withLock { applier throws(RedisError) in try applier.applyBatch(messages, retried: retried) }
+        mayHaveRun = false
+    }
+
+    func writeFailed(_ error: any Error, failures: Int) {
+        metrics.redisErrors.increment()
+        if let error = error as? RedisError, error.commandMayHaveRun { mayHaveRun = true }
+    }
+}
+
+/// The applier behind a lock: a hiredis context serves one thread at a time (message handler, drain thread or
+/// stream source).
+final class ApplierLock: @unchecked Sendable {
+    // @unchecked: `applier` is only touched inside `lock`.
+    private let applier: EventApplier
+    private let lock = Mutex(())
+    init(_ applier: EventApplier) { self.applier = applier }
+    func withLock<Result: Sendable, Failure: Error>(_ body: (EventApplier) throws(Failure) -> Result) throws(Failure) -> Result {
+        try lock.withLock { _ throws(Failure) -> Result in try body(applier) }
     }
 }
 

@@ -1,5 +1,6 @@
 import Logging
 import OpsBusCore
+import OpsBusJournal
 import OpsBusMQTT
 import OpsBusRedis
 
@@ -55,6 +56,10 @@ public struct ProcessorConfiguration: Sendable {
     public var outboxBatchSize: Int = 100
     /// Where events come from: MQTT (default) or a bridge-written Redis stream.
     public var source: ProcessorSource = .mqtt
+    /// `--journal DIR` (`OPSBUS_PROCESSOR_JOURNAL`): journal each message and apply them to Redis in batches
+    /// (one round trip and one script call per batch) instead of one at a time inside the message handler. nil: the
+    /// synchronous path. See `ProcessorJournal`.
+    public var journal: ProcessorJournal?
     /// Webhook targets for notifications (`NOTIFICATION_SERVICE_URL` is the one named `default`). Only these, never
     /// a URL from an event.
     public var webhooks: [WebhookEndpoint] = []
@@ -92,5 +97,23 @@ public struct ProcessorConfiguration: Sendable {
     /// The MQTT filters the processor subscribes to, with the group prefix when it has one.
     public var subscriptionFilters: [String] {
         scheme.subscriptionFilters().map { filter in group.map { "$share/\($0)/\(filter)" } ?? filter }
+    }
+}
+
+/// The batching processor's journal settings: messages are journaled by the MQTT handler (PUBACK after the
+/// `write(2)`, as the bridge does) and applied by a drain thread in batches of up to `batchSize`.
+public struct ProcessorJournal: Sendable, Equatable {
+    /// The journal's directory; one per processor instance (it is locked).
+    public var directory: String
+    /// Bytes the journal may hold before the handler refuses messages (the broker keeps and redelivers them).
+    public var maxBytes: Int64 = 1 << 30
+    /// Events per script call. Larger batches cost fewer calls per event but hold Redis longer per call.
+    public var batchSize: Int = 128
+    public var fsync: JournalFsync = .never
+    /// On stop, how long the drain keeps applying what is journaled (the rest is applied at the next start).
+    public var drainTimeout: Double = 10
+
+    public init(directory: String) {
+        self.directory = directory
     }
 }

@@ -12,6 +12,8 @@ struct RedisPlan {
     /// The script argument (1-based ARGV index) that says whether an earlier attempt may have run (`EventStatsScript`).
     static let jobRetriedArgument = 18
     static let entityRetriedArgument = 10
+    /// How much of a refused payload its dead-letter entry keeps.
+    static let deadLetterPayloadBytes = 4096
 
     let topic: String
     let payload: [UInt8]
@@ -30,21 +32,24 @@ struct RedisPlan {
 
     /// `sequence`: a refused message that still was a sequenced event (e.g. on a topic that does not match it) did
     /// arrive, so it counts for gap detection like an applied one, not as lost.
+    /// `originalBytes`: the message's size when `payload` is only its start (the journal keeps no more of an
+    /// oversize message than its dead letter shows).
     init(deadLetter reason: RejectionReason, topic: String, payload: [UInt8], keys: RedisKeys,
-         sequence: (keys: [String], arguments: [String])? = nil) {
+         sequence: (keys: [String], arguments: [String])? = nil, originalBytes: Int? = nil) {
         self.topic = topic
         self.payload = payload
         self.reason = reason.description
         self.eventType = "invalid"
         self.keys = keys
         self.sequence = sequence
-        let shown = payload.count > 4096 ? Array(payload.prefix(4096)) : payload
+        let shown = payload.count > Self.deadLetterPayloadBytes ? Array(payload.prefix(Self.deadLetterPayloadBytes)) : payload
         let text = String(decoding: shown, as: UTF8.self)
         self.now = EventTimestamp.now()
         self.action = .deadLetter(entry: [
             "XADD", keys.deadLetters, "MAXLEN", "~", "100000", "*",
             "topic", topic, "reason", reason.description, "payload", text,
-            "payload_bytes", String(payload.count), "truncated", payload.count > shown.count ? "true" : "false",
+            "payload_bytes", String(originalBytes ?? payload.count),
+            "truncated", (originalBytes ?? payload.count) > shown.count ? "true" : "false",
             "received_at", EventTimestamp.now().iso8601,
         ])
     }
@@ -122,13 +127,10 @@ struct RedisPlan {
         case let .entityEvent(keys, arguments):
             (script, scriptKeys, scriptArguments) = (EntityEventScript.script, keys, arguments)
             if retried { scriptArguments[Self.entityRetriedArgument - 1] = "1" }
-        case let .deadLetter(entry):
+        case .deadLetter:
             // Counted with the entry; a retry may write the entry (and count it) again, as the entry has no id.
             var pipeline = redis.makePipeline()
-            pipeline.append(entry)
-            for command in EventStatsScript.commands(keys: keys, eventType: eventType, outcome: "dead_lettered", now: now) {
-                pipeline.append(command)
-            }
+            for command in deadLetterCommands ?? [] { pipeline.append(command) }
             if let sequence {
                 pipeline.appendEvaluate(SequenceScript.script, keys: sequence.keys, arguments: sequence.arguments)
             }
@@ -143,14 +145,54 @@ struct RedisPlan {
         let replies = try pipeline.execute()
         if let message = replies[0].errorMessage { throw .server(message: message, command: "EVALSHA \(script.name)") }
         let sequenceError = sequence == nil ? nil : try Self.sequenceFailure(replies[1])
+        return Applied(result: outcome(fromBatchResult: replies[0]), sequenceError: sequenceError)
+    }
+
+    // MARK: Batches (`BatchApplyScript`)
+
+    /// One script call inside a batch: `kind` is `BatchApplyScript`'s `j`, `e` or `s`.
+    struct BatchCall {
+        let kind: String
+        let keys: [String]
+        let arguments: [String]
+    }
+
+    /// The plan's event script as a batch call (nil for a dead letter, whose entry is a plain `XADD`).
+    func eventCall(retried: Bool) -> BatchCall? {
+        switch action {
+        case let .jobEvent(keys, arguments):
+            var arguments = arguments
+            if retried { arguments[Self.jobRetriedArgument - 1] = "1" }
+            return BatchCall(kind: "j", keys: keys, arguments: arguments)
+        case let .entityEvent(keys, arguments):
+            var arguments = arguments
+            if retried { arguments[Self.entityRetriedArgument - 1] = "1" }
+            return BatchCall(kind: "e", keys: keys, arguments: arguments)
+        case .deadLetter:
+            return nil
+        }
+    }
+
+    /// The plan's gap tracking as a batch call.
+    var sequenceCall: BatchCall? {
+        sequence.map { BatchCall(kind: "s", keys: $0.keys, arguments: $0.arguments) }
+    }
+
+    /// The dead-letter entry and its stats as plain commands (nil for an event plan).
+    var deadLetterCommands: [[String]]? {
+        guard case let .deadLetter(entry) = action else { return nil }
+        return [entry] + EventStatsScript.commands(keys: keys, eventType: eventType, outcome: "dead_lettered", now: now)
+    }
+
+    /// The outcome of the plan's event call from its batch reply (`{outcome, …}` for jobs, a string for entities).
+    func outcome(fromBatchResult reply: RedisReply) -> ApplyResult {
         let outcome: String
         if case .jobEvent = action {
-            outcome = replies[0].array?.first?.string ?? "applied"
+            outcome = reply.array?.first?.string ?? "applied"
         } else {
-            outcome = replies[0].string ?? "applied"
+            outcome = reply.string ?? "applied"
         }
-        return Applied(result: outcome == "duplicate" ? .duplicate : .applied(outcome: outcome),
-                       sequenceError: sequenceError)
+        return outcome == "duplicate" ? .duplicate : .applied(outcome: outcome)
     }
 
     /// The sequence script's error, thrown when it is transient (the plan is retried), returned otherwise.

@@ -6,6 +6,15 @@ import OpsBusPublisher
 import OpsBusRedis
 import Testing
 
+extension ProcessorJournal {
+    /// The journal the tests' processors use: none (the synchronous path), or with `OPSBUS_TEST_PROCESSOR_JOURNAL=1`
+    /// a fresh temporary one, so every processor suite can be run on the batching path too.
+    static func forTests() -> ProcessorJournal? {
+        guard ProcessInfo.processInfo.environment["OPSBUS_TEST_PROCESSOR_JOURNAL"] == "1" else { return nil }
+        return ProcessorJournal(directory: NSTemporaryDirectory() + "opsbus-test-journal-" + UUID().uuidString)
+    }
+}
+
 /// A processor running in this test process, on the suite's own servers.
 final class RunningProcessor: Sendable {
     let processor: EventProcessor
@@ -21,6 +30,7 @@ final class RunningProcessor: Sendable {
                       configure: (inout ProcessorConfiguration) -> Void = { _ in }) async throws -> RunningProcessor {
         var configuration = ProcessorConfiguration(
             mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint, clientID: clientID, maxPayloadBytes: 4096)
+        configuration.journal = ProcessorJournal.forTests()
         configure(&configuration)
         let running = RunningProcessor(processor: try EventProcessor(configuration: configuration, logger: testLogger))
         try #require(try await waitUntil { running.processor.isSubscribed }, "processor did not subscribe")

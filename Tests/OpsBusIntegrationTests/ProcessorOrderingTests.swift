@@ -47,9 +47,11 @@ enum ProcessorTestKit {
         mqtt: MQTTEndpoint, redis: RedisEndpoint, clientID: String, group: String? = nil,
         redisRetryWindow: Double = 20, maxPayloadBytes: Int = 262_144
     ) -> ProcessorConfiguration {
-        ProcessorConfiguration(
+        var configuration = ProcessorConfiguration(
             mqtt: mqtt, redis: redis, clientID: clientID, group: group, maxPayloadBytes: maxPayloadBytes,
             redisRetryWindow: redisRetryWindow)
+        configuration.journal = ProcessorJournal.forTests()
+        return configuration
     }
 
     static func startProcessor(_ servers: TestServers, clientID: String, group: String? = nil) async throws -> Processor {

@@ -94,6 +94,8 @@ enum SettingsCatalog {
                     check: Checks.ipv4),
         SettingSpec("OPSBUS_STATE_DIR", default: ".opsbus", "bridge: base of the default journal directory",
                     check: Checks.nonEmpty),
+        SettingSpec("OPSBUS_PROCESSOR_JOURNAL", "processor: journal directory; set, events are applied in batches",
+                    check: Checks.nonEmpty),
         SettingSpec("OPSBUS_BRIDGE_ROUTES", "bridge routes FILTER=STREAM[;…], separated by whitespace",
                     check: Checks.bridgeRoutes),
         SettingSpec("OPSBUS_QOS_OVERRIDES", "per-type QoS/retain, e.g. job.progress=1", check: Checks.qosOverrides),

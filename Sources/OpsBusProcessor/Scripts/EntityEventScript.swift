@@ -47,7 +47,10 @@ import OpsBusRedis
 enum EntityEventScript {
     static let firstStateArgument = 11
 
-    static let script = RedisScript(name: "opsbus_apply_entity_event", source: EventStatsScript.function + #"""
+    static let script = RedisScript(name: "opsbus_apply_entity_event", source: EventStatsScript.function + body)
+
+    /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
+    static let body = #"""
 local entity, seen, index = KEYS[1], KEYS[2], KEYS[3]
 local event_id, ts, seen_ttl, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local state_pairs, will_session = tonumber(ARGV[5]), ARGV[6]
@@ -223,5 +226,5 @@ end
 local result = apply()
 count_event(KEYS[4], KEYS[5], ARGV[8], result, ARGV[9], ARGV[10])
 return result
-"""#)
+"""#
 }

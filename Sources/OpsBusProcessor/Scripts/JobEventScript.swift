@@ -47,7 +47,10 @@ enum JobEventScript {
     static let statuses = ["received", "processing", "completed", "failed", "retry_scheduled", "dead_lettered"]
     static let firstFieldArgument = 19
 
-    static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + #"""
+    static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + body)
+
+    /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
+    static let body = #"""
 local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
 local statuses = {'received', 'processing', 'completed', 'failed', 'retry_scheduled', 'dead_lettered'}
 local rank = {received = 0, processing = 1, completed = 2, failed = 2, retry_scheduled = 3, dead_lettered = 3}
@@ -312,5 +315,5 @@ end
 local result = apply()
 count_event(KEYS[11], KEYS[12], ARGV[16], result[1], ARGV[17], ARGV[18])
 return result
-"""#)
+"""#
 }

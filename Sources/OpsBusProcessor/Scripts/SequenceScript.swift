@@ -25,7 +25,10 @@ import OpsBusRedis
 ///       7 state TTL (seconds), 8 open gaps kept per session.
 /// Returns: { `applied` or `duplicate`, gaps opened, gaps closed, declared drops }.
 enum SequenceScript {
-    static let script = RedisScript(name: "opsbus_track_sequence", source: #"""
+    static let script = RedisScript(name: "opsbus_track_sequence", source: body)
+
+    /// The Lua of one call: also run per event, as a function, by `BatchApplyScript`.
+    static let body = #"""
 local session_key, gaps_key, stats, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owners, pending, reported = KEYS[5], KEYS[6], KEYS[7]
 local session, owner = ARGV[1], ARGV[2]
@@ -131,5 +134,5 @@ redis.call('EXPIRE', owner_key, ttl)
 redis.call('ZADD', owners, n(now), owner)
 redis.call('ZREMRANGEBYSCORE', owners, '-inf', n(now - ttl * 1000))
 return {'applied', counts.gaps_opened, counts.gaps_closed, counts.declared_drops}
-"""#)
+"""#
 }

@@ -1,0 +1,85 @@
+import OpsBusRedis
+
+/// Applies a batch of events in one script call: the batching processor's way to Redis (issue 6, lever 3).
+///
+/// Why: Redis spends tens of microseconds on every script call before the script runs a command (argument set-up,
+/// the call itself, the reply, the AOF entry), and the per-event call was what bounded the processor (BENCHMARKS.md).
+/// Here each event's script runs as a Lua function inside one call, with the same KEYS and ARGV it would get on its
+/// own, so the per-event logic is exactly `JobEventScript`, `EntityEventScript` and `SequenceScript`. The stats of
+/// the whole batch are summed in Lua and written once at the end (`count_event` here collects instead of writing).
+///
+/// Each call runs under `pcall`: an event that Redis refuses (e.g. `WRONGTYPE`) gets its error in its own slot of the
+/// reply, and the events after it still run. Like any Redis script, a failed event's writes before its error stay
+/// (scripts have no rollback), as with the per-event scripts.
+///
+/// Order: the calls run in the order given, and the whole call is atomic, so per-job order is the journal's order.
+///
+/// KEYS: the calls' keys, concatenated.
+/// ARGV: 1 number of calls, then per call: kind (`j` job, `e` entity, `s` sequence), its number of keys, its number
+///       of arguments, its arguments.
+/// Returns: one `{1, result}` or `{0, error message}` per call, in order.
+enum BatchApplyScript {
+    static let script = RedisScript(name: "opsbus_apply_batch", source: #"""
+local counts = {}
+local last = {}
+local function count_event(stats_key, minute_key, event_type, outcome, now_iso, retried)
+  if retried == '1' and outcome == 'duplicate' then return end
+  local s = counts[stats_key] or {}
+  counts[stats_key] = s
+  s['events_received'] = (s['events_received'] or 0) + 1
+  s['type:' .. event_type] = (s['type:' .. event_type] or 0) + 1
+  s['outcome:' .. outcome] = (s['outcome:' .. outcome] or 0) + 1
+  last[stats_key] = {now_iso, event_type}
+  local m = counts[minute_key] or {}
+  counts[minute_key] = m
+  m['events'] = (m['events'] or 0) + 1
+  m['type:' .. event_type] = (m['type:' .. event_type] or 0) + 1
+  m['outcome:' .. outcome] = (m['outcome:' .. outcome] or 0) + 1
+end
+
+local function job_event(KEYS, ARGV)
+"""# + JobEventScript.body + "\n" + #"""
+end
+
+local function entity_event(KEYS, ARGV)
+"""# + EntityEventScript.body + "\n" + #"""
+end
+
+local function sequence_event(KEYS, ARGV)
+"""# + SequenceScript.body + "\n" + #"""
+end
+
+local calls = {j = job_event, e = entity_event, s = sequence_event}
+local results = {}
+local key_at, arg_at = 0, 2
+for i = 1, tonumber(ARGV[1]) do
+  local fn, key_count, arg_count = calls[ARGV[arg_at]], tonumber(ARGV[arg_at + 1]), tonumber(ARGV[arg_at + 2])
+  arg_at = arg_at + 3
+  local keys, args = {}, {}
+  for j = 1, key_count do keys[j] = KEYS[key_at + j] end
+  for j = 1, arg_count do args[j] = ARGV[arg_at + j - 1] end
+  key_at, arg_at = key_at + key_count, arg_at + arg_count
+  local ok, result = pcall(fn, keys, args)
+  if ok then
+    results[i] = {1, result}
+  elseif type(result) == 'table' and result.err then
+    results[i] = {0, result.err}
+  else
+    results[i] = {0, tostring(result)}
+  end
+end
+
+-- The batch's stats, one write per counter.
+for key, fields in pairs(counts) do
+  local created = false
+  for field, n in pairs(fields) do
+    if redis.call('HINCRBY', key, field, n) == n and field == 'events' then created = true end
+  end
+  if created then redis.call('EXPIRE', key, \#(RedisKeys.minuteStatsRetention)) end
+end
+for key, value in pairs(last) do
+  redis.call('HSET', key, 'last_event_at', value[1], 'last_event_type', value[2])
+end
+return results
+"""#)
+}
