@@ -125,6 +125,9 @@ final class EventApplier {
         var results = [ApplyResult?](repeating: nil, count: planned.count)
         for (index, at) in deadLetterSlots {
             if let message = replies[at].errorMessage {
+                if Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
+                    throw RedisError.server(message: message, command: "XADD")
+                }
                 logger.error("Redis rejected a dead letter; dropping it",
                              metadata: ["topic": "\(planned[index].0.topic)", "error": "\(message)"])
             }
@@ -138,19 +141,28 @@ final class EventApplier {
                 let error = RedisError.server(message: message, command: "EVALSHA \(BatchApplyScript.script.name)")
                 if Self.transientServerErrors.contains(error.serverErrorCode ?? "") { throw error }
                 logger.warning("the batch call failed; applying its events one by one", metadata: ["error": "\(message)"])
+                // The call may have failed after applying events (scripts have no rollback): re-runs count as retries.
                 for (index, (plan, _)) in planned.enumerated() {
                     if results[index] != nil {
                         // A dead letter, written before the call: its gap tracking was in the failed call.
                         if let sequence = plan.sequence {
-                            let reply = try connection.evaluate(SequenceScript.script, keys: sequence.keys,
-                                                                arguments: sequence.arguments)
-                            if let message = reply.errorMessage {
-                                logger.warning("gap tracking failed for this event", metadata: ["error": "\(message)"])
+                            do throws(RedisError) {
+                                let reply = try connection.evaluate(SequenceScript.script, keys: sequence.keys,
+                                                                    arguments: sequence.arguments)
+                                if let message = reply.errorMessage {
+                                    logger.warning("gap tracking failed for this event", metadata: ["error": "\(message)"])
+                                }
+                            } catch {
+                                if case .server = error {
+                                    logger.warning("gap tracking failed for this event", metadata: ["error": "\(error)"])
+                                } else {
+                                    throw error
+                                }
                             }
                         }
                         continue
                     }
-                    let result = execute(plan, retried: retried)
+                    let result = execute(plan, retried: true, retryWindow: 0)
                     if case .retryLater(let reason) = result {
                         throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
                     }
@@ -189,11 +201,17 @@ final class EventApplier {
                 let result = plan.outcome(fromBatchResult: value)
                 onApplied(result)
                 results[index] = result
+            } else if let message = value.string,
+                      Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
+                // E.g. READONLY after a failover, OOM: the whole batch is retried (its applied events are duplicates
+                // then, not counted again), instead of dead-lettering a good event.
+                throw RedisError.io(endpoint: "\(configuration.redis)", reason: message, commandMayHaveRun: true)
             } else {
                 let reason = "Redis rejected EVALSHA \(call.kind == "j" ? JobEventScript.script.name : EntityEventScript.script.name): "
                     + (value.string ?? "error")
                 let result = execute(RedisPlan(deadLetter: RejectionReason(reason), topic: plan.topic,
-                                               payload: plan.payload, keys: keys, sequence: nil), retried: retried)
+                                               payload: plan.payload, keys: keys, sequence: nil),
+                                     retried: retried, retryWindow: 0)
                 if case .retryLater(let reason) = result {
                     throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
                 }
@@ -263,8 +281,10 @@ final class EventApplier {
 
     /// Runs the plan, riding out a Redis outage for up to `redisRetryWindow` seconds.
     /// `retried`: an earlier attempt (of a batch holding the message) may have reached Redis.
-    private func execute(_ plan: RedisPlan, retried: Bool = false) -> ApplyResult {
-        let deadline = Date().addingTimeInterval(configuration.redisRetryWindow)
+    /// `retryWindow`: how long to ride out an outage (default `redisRetryWindow`); the batching path passes 0 and
+    /// leaves retrying to its drain, which keeps the shutdown deadline.
+    private func execute(_ plan: RedisPlan, retried: Bool = false, retryWindow: Double? = nil) -> ApplyResult {
+        let deadline = Date().addingTimeInterval(retryWindow ?? configuration.redisRetryWindow)
         var failures = 0
         // Set once an attempt failed after its call may have reached Redis: the re-run must not count the
         // message again (see `EventStatsScript`).
@@ -309,8 +329,10 @@ final class EventApplier {
     /// retried like a lost connection instead of dead-lettering a perfectly good event.
     /// NOSCRIPT is here because the connection reloads a script once per call: a second flush between that reload
     /// and the retry (or a failover to a replica without it) must not dead-letter the event.
+    /// OOM and MISCONF (a full Redis, a failing RDB save with `stop-writes-on-bgsave-error`) refuse every write
+    /// until an operator acts: retried too (the broker or the journal keeps the events), never dead-lettered.
     static let transientServerErrors: Set<String> = [
-        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "NOSCRIPT",
+        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "NOSCRIPT", "OOM", "MISCONF",
     ]
 
     private func connection() throws(RedisError) -> RedisConnection {

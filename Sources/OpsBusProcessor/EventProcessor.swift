@@ -188,6 +188,13 @@ public final class EventProcessor: Sendable {
         batching.drain.requestStop()
         await batching.drain.waitForExit()
         applier.withLock { $0.close() }
+        let (committed, appended) = (batching.journal.committed, batching.journal.appendedEnd)
+        if appended > committed {
+            // Acknowledged to the broker, not applied yet: only a start with this journal directory applies them.
+            logger.error(
+                "stopping with journaled events not yet applied to Redis; a processor started again with this journal directory applies them",
+                metadata: ["journal": "\(batching.journal.directory)", "from": "\(committed)", "to": "\(appended)"])
+        }
         batching.journal.close()
     }
 

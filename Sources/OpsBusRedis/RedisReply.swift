@@ -87,7 +87,7 @@ public enum RedisReply: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    static func errorCode(of message: String) -> String {
+    public static func errorCode(of message: String) -> String {
         String(message.prefix { $0 != " " })
     }
 }

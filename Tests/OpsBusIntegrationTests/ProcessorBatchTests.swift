@@ -101,6 +101,28 @@ struct ProcessorBatchTests {
         await processor.stop()
     }
 
+    @Test("Redis refusing writes (OOM) dead-letters nothing: the events wait and apply once the limit is raised",
+          arguments: [true, false])
+    func outOfMemoryWaits(batching: Bool) async throws {
+        let servers = try Faults.Servers()
+        let journal = temporaryDirectory()
+        defer { try? FileManager.default.removeItem(atPath: journal) }
+        var configuration = Self.batchConfiguration(servers, clientID: "oom-\(batching)", journal: journal)
+        if !batching { configuration.journal = nil }
+        let processor = try await Kit.Processor(configuration: configuration)
+        let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "oom-pub-\(batching)")
+        let admin = try RedisConnection(endpoint: servers.redisEndpoint)
+        _ = try admin.command(["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        _ = try admin.command(["CONFIG", "SET", "maxmemory", "1"])  // below what Redis uses: every write is refused
+        let events = try Faults.completions("oom-\(batching)", count: 50)
+        try await Kit.publish(events, with: raw)
+        try await Task.sleep(for: .seconds(2))
+        _ = try admin.command(["CONFIG", "SET", "maxmemory", "0"])
+        try await Faults.expectEachAppliedOnce(events, servers.redisEndpoint)
+        await raw.disconnect()
+        await processor.stop()
+    }
+
     @Test("an event Redis refuses inside a batch is dead-lettered with Redis's reason; the rest apply")
     func refusedEventInBatch() async throws {
         let servers = try Faults.Servers()

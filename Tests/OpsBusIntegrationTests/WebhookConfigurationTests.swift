@@ -32,10 +32,11 @@ struct WebhookConfigurationTests {
         #expect(endpoint.description.contains("signed"))
     }
 
-    @Test("NOTIFICATION_SECRET_FILE is read, without its trailing newline")
-    func secretFile() throws {
+    @Test("NOTIFICATION_SECRET_FILE is read, without one trailing line ending (LF or CRLF)",
+          arguments: ["from-a-file\n", "from-a-file\r\n", "from-a-file"])
+    func secretFile(content: String) throws {
         let file = FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-secret-\(UUID().uuidString)")
-        try "from-a-file\n".write(to: file, atomically: true, encoding: .utf8)
+        try content.write(to: file, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(at: file) }
         let endpoints = try WebhookEndpoint.fromEnvironment([
             "NOTIFICATION_SERVICE_URL": "http://127.0.0.1:9/hook", "NOTIFICATION_SECRET_FILE": file.path,

@@ -156,7 +156,8 @@ public struct WebhookEndpoint: Sendable, Hashable, CustomStringConvertible, Cust
         guard var secret = String(data: data, encoding: .utf8) else {
             throw .unreadableSecretFile(variable: variable, path: path, reason: "the file is not UTF-8 text")
         }
-        if secret.hasSuffix("\r\n") { secret.removeLast(2) } else if secret.hasSuffix("\n") { secret.removeLast() }
+        // One line ending. "\r\n" is a single Character in Swift: `removeLast(2)` would eat the secret's last one.
+        if secret.last == "\r\n" || secret.last == "\n" { secret.removeLast() }
         guard !secret.isEmpty else {
             throw .unreadableSecretFile(variable: variable, path: path, reason: "the file is empty")
         }
