@@ -427,25 +427,37 @@ class Bench:
         s = self.servers
         n = int(rate * self.args.latency_seconds)
         load = self.load_file("lifecycle", n)
-        p50, p99, p999 = [], [], []
-        for run in range(1, self.args.runs + 1):
-            s.fresh_broker()
-            procs, _ = self.start_consumer("opsbus-processor-batch", n)
-            cpu0 = proc_cpu(procs[0].pid)
-            out = os.path.join(self.work, f"latency-{run}.txt")
-            result = self.run_json([self.tool("latency"), "-p", str(s.mqtt_port), "-P", str(s.redis_port), "-f", load,
-                                    "-r", str(rate), "-o", out])
-            cpu = proc_cpu(procs[0].pid) - cpu0
-            self.stop(procs[0])
-            h = self.run_json([self.tool("opsbus-bench"), "hdr", out])
-            self.record(f"latency {rate}/s", run, **result, **h, cpu_us_per_event=cpu * 1e6 / max(1, result["matched"]))
-            p50.append(h["p50_us"] / 1000)
-            p99.append(h["p99_us"] / 1000)
-            p999.append(h["p999_us"] / 1000)
-            os.remove(out)
-        self.row(f"latency publish→Redis state @{rate}/s: p50", p50, "target", 1.0, unit="ms", higher_better=False)
-        self.row(f"latency publish→Redis state @{rate}/s: p99", p99, "target", 5.0, unit="ms", higher_better=False)
-        self.row(f"latency publish→Redis state @{rate}/s: p99.9", p999, unit="ms", higher_better=False)
+        # The broker alone first (`latency -m`: a C subscriber instead of the processor and Redis), the same
+        # publisher and rate: the floor this machine puts under the end-to-end figures, stalls included.
+        for broker_only in (True, False):
+            p50, p99, p999 = [], [], []
+            for run in range(1, self.args.runs + 1):
+                s.fresh_broker()
+                procs = [] if broker_only else self.start_consumer("opsbus-processor-batch", n)[0]
+                cpu0 = proc_cpu(procs[0].pid) if procs else 0
+                out = os.path.join(self.work, f"latency-{run}.txt")
+                result = self.run_json([self.tool("latency"), "-p", str(s.mqtt_port), "-P", str(s.redis_port),
+                                        "-f", load, "-r", str(rate), "-o", out] + (["-m"] if broker_only else []))
+                cpu = proc_cpu(procs[0].pid) - cpu0 if procs else 0
+                for p in procs:
+                    self.stop(p)
+                h = self.run_json([self.tool("opsbus-bench"), "hdr", out])
+                self.record(f"latency {rate}/s" + (" broker only" if broker_only else ""), run, **result, **h,
+                            cpu_us_per_event=cpu * 1e6 / max(1, result["matched"]))
+                p50.append(h["p50_us"] / 1000)
+                p99.append(h["p99_us"] / 1000)
+                p999.append(h["p999_us"] / 1000)
+                os.remove(out)
+            if broker_only:
+                name = f"latency publish→C subscriber (broker only) @{rate}/s"
+                self.row(f"{name}: p50", p50, unit="ms", higher_better=False, note="baseline")
+                self.row(f"{name}: p99", p99, unit="ms", higher_better=False, note="baseline")
+                self.row(f"{name}: p99.9", p999, unit="ms", higher_better=False, note="baseline")
+                continue
+            name = f"latency publish→Redis state (processor --journal) @{rate}/s"
+            self.row(f"{name}: p50", p50, "target", 1.0, unit="ms", higher_better=False)
+            self.row(f"{name}: p99", p99, "target", 5.0, unit="ms", higher_better=False)
+            self.row(f"{name}: p99.9", p999, unit="ms", higher_better=False)
 
     def scenario_sizes(self):
         for size, n in ((200, self.args.events // 2), (2048, self.args.events // 4), (65536, self.args.events // 20)):

@@ -40,6 +40,10 @@ public final class JournalDrain: Sendable {
     private let journal: Journal
     private let sink: any JournalBatchSink
     private let batchSize: Int
+    /// Bytes read per batch at most (at least one record). Each batch is held about three times while it is written
+    /// (journal bytes, the Redis command, the connection's buffer): 2 MiB keeps a bridge of 64 KiB payloads well
+    /// inside its memory target (BENCHMARKS.md), and at 64 KiB a batch of 32 records is still large.
+    public static let batchBytes = 2 * 1024 * 1024
     private let drainTimeout: Duration
     private let threadName: String
     private let logger: Logger
@@ -108,7 +112,7 @@ public final class JournalDrain: Sendable {
             if journal.fsync == .batch { journal.sync() }
             var batch: (entries: [JournalEntry], next: JournalPosition)
             do {
-                batch = try journal.read(from: position, maxRecords: batchSize)
+                batch = try journal.read(from: position, maxRecords: batchSize, maxBytes: Self.batchBytes)
             } catch {
                 logger.error("cannot read the journal", metadata: ["error": "\(error)"])
                 if stopState.requested { break }

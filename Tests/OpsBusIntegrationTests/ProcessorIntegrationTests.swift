@@ -120,7 +120,9 @@ struct ProcessorIntegrationTests {
 
     @Test("a retry (higher attempt) starts a new attempt after a failure")
     func retryStartsNewAttempt() async throws {
-        let processor = try await RunningProcessor.start(servers)
+        // A long backoff: the retry must still be scheduled when the test looks (a network failure's default of
+        // about 2.5 s fired before the check on a loaded CI box, and the scheduler had claimed it).
+        let processor = try await RunningProcessor.start(servers) { $0.retryPolicy = RetryPolicy(baseDelay: 600) }
         let redis = try servers.redisConnection()
         let publisher = try await publisher(worker: "gpu-3")
         let first = try publisher.withJobContext("job-3", attempt: 1)

@@ -1,5 +1,7 @@
 /* End-to-end latency publish → Redis state, at a fixed offered rate.
- * latency -p MQTT_PORT -P REDIS_PORT -f LOADFILE -r RATE -o LATENCIES [-n COUNT]
+ * latency -p MQTT_PORT -P REDIS_PORT -f LOADFILE -r RATE -o LATENCIES [-n COUNT] [-m]
+ * -m: the broker alone, the baseline: a C subscriber (QoS 1) stands in for the processor and Redis, and each
+ * delivery is matched instead of each timeline RPUSH. Same publisher, rate and matching.
  * A publisher thread sends the load file's messages (its QoS per message) at RATE/s and stamps each send time. The
  * main thread listens for Redis keyspace notifications on job:{<id>}:timeline (the processor's job script RPUSHes
  * one timeline entry per applied event, in the same atomic script call that writes the job hash), and matches
@@ -67,11 +69,35 @@ static void *publisher(void *arg) {
     return NULL;
 }
 
+/* Matches one arrival (a job id) to the job's oldest unmatched event; writes its latency. */
+static FILE *out_file;
+static long matched, unmatched;
+static pthread_mutex_t match_lock = PTHREAD_MUTEX_INITIALIZER;
+static void arrived(const char *id, size_t n, double at) {
+    pthread_mutex_lock(&match_lock);
+    long k = find_job(id, n, 0);
+    if (k >= 0 && jobs[k].cursor < jobs[k].n) {
+        long e = jobs[k].events[jobs[k].cursor++];
+        int64_t s = __atomic_load_n(&sent_at[e], __ATOMIC_ACQUIRE);
+        if (s > 0) { fprintf(out_file, "%ld\n", (long)((at * 1e9 - (double)s) / 1e3)); matched++; }
+    } else {
+        unmatched++;
+    }
+    pthread_mutex_unlock(&match_lock);
+}
+
+static void on_message(struct mosquitto *m, void *obj, const struct mosquitto_message *msg) {
+    (void)m; (void)obj;
+    double at = now_mono();
+    const char *a = strchr(msg->topic, '/'), *b = a ? strchr(a + 1, '/') : NULL;
+    if (a && b) arrived(a + 1, b - a - 1, at);
+}
+
 int main(int argc, char **argv) {
-    int redis_port = 6379, opt;
+    int redis_port = 6379, opt, broker_only = 0;
     const char *file = NULL, *out = "latencies.txt";
     count = -1;
-    while ((opt = getopt(argc, argv, "p:P:f:r:o:n:")) != -1) {
+    while ((opt = getopt(argc, argv, "p:P:f:r:o:n:m")) != -1) {
         switch (opt) {
         case 'p': mqtt_port = atoi(optarg); break;
         case 'P': redis_port = atoi(optarg); break;
@@ -79,6 +105,7 @@ int main(int argc, char **argv) {
         case 'r': rate = atof(optarg); break;
         case 'o': out = optarg; break;
         case 'n': count = atol(optarg); break;
+        case 'm': broker_only = 1; break;
         default: fprintf(stderr, "usage: latency -p MQTT -P REDIS -f FILE -r RATE -o OUT\n"); return 2;
         }
     }
@@ -98,6 +125,24 @@ int main(int argc, char **argv) {
         if (j->n == j->cap) { j->cap = j->cap ? j->cap * 2 : 16; j->events = realloc(j->events, j->cap * sizeof(long)); }
         j->events[j->n++] = i;
     }
+    out_file = fopen(out, "w");
+    if (broker_only) {
+        struct mosquitto *sub = mosquitto_new("bench-latency-sub", true, NULL);
+        mosquitto_message_callback_set(sub, on_message);
+        if (mosquitto_connect(sub, "127.0.0.1", mqtt_port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); return 1; }
+        mosquitto_subscribe(sub, NULL, "jobs/#", 1);
+        mosquitto_loop_start(sub);
+        usleep(300000);
+        pthread_t thread;
+        pthread_create(&thread, NULL, publisher, NULL);
+        pthread_join(thread, NULL);
+        for (int i = 0; i < 100 && matched < count; i++) usleep(100000);
+        mosquitto_disconnect(sub);
+        mosquitto_loop_stop(sub, false);
+        fclose(out_file);
+        printf("{\"sent\":%ld,\"matched\":%ld,\"unmatched\":%ld,\"rate\":%.1f}\n", count, matched, unmatched, rate);
+        return 0;
+    }
     redisContext *c = redisConnect("127.0.0.1", redis_port);
     if (!c || c->err) { fprintf(stderr, "redis connect failed\n"); return 1; }
     freeReplyObject(redisCommand(c, "CONFIG SET notify-keyspace-events Kl"));
@@ -105,10 +150,8 @@ int main(int argc, char **argv) {
     freeReplyObject(r);
     struct timeval tv = {0, 200000};
     redisSetTimeout(c, tv);
-    FILE *o = fopen(out, "w");
     pthread_t thread;
     pthread_create(&thread, NULL, publisher, NULL);
-    long matched = 0, unmatched = 0;
     double done_at = 0;
     while (matched < count) {
         if (redisGetReply(c, (void **)&r) != REDIS_OK) {
@@ -123,18 +166,11 @@ int main(int argc, char **argv) {
         if (r->type == REDIS_REPLY_ARRAY && r->elements == 4 && strcmp(r->element[3]->str, "rpush") == 0) {
             const char *ch = r->element[2]->str;      /* __keyspace@0__:job:{<id>}:timeline */
             const char *a = strchr(ch, '{'), *b = a ? strchr(a, '}') : NULL;
-            long k = a && b ? find_job(a + 1, b - a - 1, 0) : -1;
-            if (k >= 0 && jobs[k].cursor < jobs[k].n) {
-                long e = jobs[k].events[jobs[k].cursor++];
-                int64_t s = __atomic_load_n(&sent_at[e], __ATOMIC_ACQUIRE);
-                if (s > 0) { fprintf(o, "%ld\n", (long)((at * 1e9 - (double)s) / 1e3)); matched++; }
-            } else {
-                unmatched++;
-            }
+            if (a && b) arrived(a + 1, b - a - 1, at); else unmatched++;
         }
         freeReplyObject(r);
     }
-    fclose(o);
+    fclose(out_file);
     pthread_join(thread, NULL);
     printf("{\"sent\":%ld,\"matched\":%ld,\"unmatched\":%ld,\"rate\":%.1f}\n", count, matched, unmatched, rate);
     return 0;

@@ -3,6 +3,7 @@ import OpsBusCore
 import OpsBusHTTP
 import OpsBusMQTT
 import Prometheus
+import Synchronization
 
 /// The processor's Prometheus metrics.
 ///
@@ -17,6 +18,14 @@ public final class ProcessorMetrics: Sendable {
     let latency: DurationHistogram
     private let handedBack: Prometheus.Counter
     private let connection: MQTTConnectionMetrics
+    /// The labelled counters by name and label value, made once: `makeCounter` builds and validates the metric's
+    /// name and labels under the registry's lock on every call, a per-event cost on the hot path (issue 6).
+    private let labelled = Mutex<[LabelledCounter: Prometheus.Counter]>([:])
+
+    private struct LabelledCounter: Hashable {
+        let name: String
+        let value: String
+    }
 
     public init() {
         redisErrors = registry.counter(
@@ -32,24 +41,31 @@ public final class ProcessorMetrics: Sendable {
     /// Counts one message's outcome (called on the thread that applied it).
     func record(_ result: ApplyResult, eventType: EventType?, timestamp: EventTimestamp?) {
         let type = eventType?.rawValue ?? "undecodable"
-        registry.counter("events_received", [("type", type)], help: "Messages received, by event type").increment()
+        counter("events_received", "type", type, help: "Messages received, by event type").increment()
         switch result {
         case .applied:
-            registry.counter("events_applied", [("type", type)], help: "Events applied to Redis, by event type")
-                .increment()
+            counter("events_applied", "type", type, help: "Events applied to Redis, by event type").increment()
             if let timestamp {
                 let milliseconds = max(0, EventTimestamp.now().millisecondsSinceEpoch - timestamp.millisecondsSinceEpoch)
                 latency.record(.milliseconds(milliseconds))
             }
         case .duplicate:
-            registry.counter("events_duplicate", [("type", type)], help: "Events seen before (same event_id): no change")
-                .increment()
+            counter("events_duplicate", "type", type, help: "Events seen before (same event_id): no change").increment()
         case .deadLettered(let reason):
-            registry.counter("events_dead_lettered", [("reason", Self.reasonClass(reason))],
-                             help: "Messages refused into the dead-letter stream, by reason class").increment()
+            counter("events_dead_lettered", "reason", Self.reasonClass(reason),
+                    help: "Messages refused into the dead-letter stream, by reason class").increment()
         case .retryLater:
             handedBack.increment()
         }
+    }
+
+    /// The counter `name` with one label, from the cache (label values are bounded: event types, reason classes).
+    private func counter(_ name: String, _ label: String, _ value: String, help: String) -> Prometheus.Counter {
+        let key = LabelledCounter(name: name, value: value)
+        if let counter = labelled.withLock({ $0[key] }) { return counter }
+        let counter = registry.counter(name, [(label, value)], help: help)
+        labelled.withLock { $0[key] = counter }
+        return counter
     }
 
     /// A bounded label for a free-text dead-letter reason.
