@@ -93,6 +93,9 @@ public final class Bridge: Sendable {
     /// True while the MQTT connection is up (readiness).
     public var isBrokerConnected: Bool { client.isConnected }
 
+    /// Bytes the journal holds, and of them not yet in Redis (`/metrics`).
+    public var journalBytes: (usedBytes: Int64, pendingBytes: Int64) { (journal.usedBytes, journal.pendingBytes) }
+
     /// The journal's committed position and bytes in use (for tests and `opsbus streams`).
     public var journalState: (committed: JournalPosition, appended: JournalPosition, usedBytes: Int64) {
         (journal.committed, journal.appendedEnd, journal.usedBytes)

@@ -268,6 +268,12 @@ public final class Journal: Sendable {
     /// Bytes held by live segments (committed and not).
     public var usedBytes: Int64 { state.withLock { $0.totalBytes } }
 
+    /// Bytes appended and not yet committed: exact within one segment, `usedBytes` (an upper bound) across segments.
+    public var pendingBytes: Int64 {
+        let (committed, appended) = (self.committed, appendedEnd)
+        return appended.segment == committed.segment ? max(0, appended.offset - committed.offset) : usedBytes
+    }
+
     /// Records everything before `position` as written to Redis: the `committed` file is replaced atomically
     /// (write, optional fsync, rename), then segments wholly before `position` are deleted.
     public func commit(_ position: JournalPosition) throws(JournalError) {

@@ -115,6 +115,11 @@ public final class EventProcessor: Sendable {
     /// True while the MQTT connection is up (readiness).
     public var isBrokerConnected: Bool { client.isConnected }
 
+    /// With a journal: the bytes it holds, and of them not yet applied to Redis (`/metrics`).
+    public var journalBytes: (usedBytes: Int64, pendingBytes: Int64)? {
+        batching.map { ($0.journal.usedBytes, $0.journal.pendingBytes) }
+    }
+
     /// Connects to Redis and the broker, subscribes, and processes events until the task is cancelled; then stops
     /// taking messages (the one being applied finishes first) and disconnects.
     public func run() async throws(ProcessorError) {
@@ -214,6 +219,7 @@ public final class EventProcessor: Sendable {
             return .accept
         case .refused:
             counterState.record(.retryLater(reason: "journal full or failing"))
+            metrics.recordHandedBack()
             return .reject
         }
     }

@@ -73,10 +73,13 @@ struct ProcessorBatchTests {
         servers.redis.stop()
         try await Kit.publish(Array(events[100...]), with: raw)
         #expect(Faults.completedCount(servers.redisEndpoint) == -1, "Redis is down")
+        #expect(try await waitUntil { (processor.processor.journalBytes?.pendingBytes ?? 0) > 50_000 },
+                "300 events of ~500 B wait in the journal (/metrics opsbus_processor_journal_pending_bytes)")
         try await Task.sleep(for: .seconds(2))
         try servers.redis.start()
         try await Faults.expectEachAppliedOnce(events, servers.redisEndpoint)
         #expect(processor.processor.counters.redelivered == 0, "\(processor.processor.counters)")
+        #expect(try await waitUntil { processor.processor.journalBytes?.pendingBytes == 0 }, "the journal drained")
         await raw.disconnect()
         await processor.stop()
     }

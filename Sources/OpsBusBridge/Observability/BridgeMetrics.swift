@@ -17,7 +17,7 @@ public final class BridgeMetrics: Sendable {
     func count(_ events: AsyncStream<MQTTConnectionEvent>) async { await connection.count(events) }
 
     /// Syncs the counters from the bridge's statistics and journal, then renders the text format.
-    func render(_ stats: BridgeStatistics, journal: (committed: JournalPosition, appended: JournalPosition, usedBytes: Int64),
+    func render(_ stats: BridgeStatistics, journal: (usedBytes: Int64, pendingBytes: Int64),
                 oldestPendingAge: Double?, brokerConnected: Bool, redisReachable: Bool) -> String {
         let sync = { (name: String, value: Int, help: String) in
             self.registry.syncCounter("bridge_\(name)", total: Int64(value), help: help)
@@ -39,10 +39,9 @@ public final class BridgeMetrics: Sendable {
         registry.gauge("redis_up", help: "1 when the last Redis check worked").set(to: redisReachable ? 1.0 : 0.0)
         registry.gauge("bridge_journal", unit: "bytes", help: "Bytes of journal segments on disk")
             .set(journal.usedBytes)
-        let pending = journal.appended.segment == journal.committed.segment
-            ? max(0, journal.appended.offset - journal.committed.offset) : journal.usedBytes
         registry.gauge("bridge_journal_pending", unit: "bytes",
-                       help: "Journal bytes not yet committed to Redis (an upper bound across segments)").set(pending)
+                       help: "Journal bytes not yet committed to Redis (an upper bound across segments)")
+            .set(journal.pendingBytes)
         registry.gauge("bridge_journal_oldest_pending_age", unit: "seconds",
                        help: "Age of the oldest journaled record not yet in Redis (0 when none)")
             .set(oldestPendingAge ?? 0)

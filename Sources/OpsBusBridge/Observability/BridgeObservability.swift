@@ -33,7 +33,7 @@ public final class BridgeObservability: Sendable {
         case "/metrics":
             let reachable = (try? redis.check(bridge.configuration.redis, scripts: [], logger: logger)) != nil
             let text = bridge.metrics.render(
-                bridge.statistics, journal: bridge.journalState, oldestPendingAge: bridge.oldestPendingAgeSeconds,
+                bridge.statistics, journal: bridge.journalBytes, oldestPendingAge: bridge.oldestPendingAgeSeconds,
                 brokerConnected: bridge.isBrokerConnected, redisReachable: reachable)
             return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
         case "/health/live": return .json(#"{"status":"live"}"#)

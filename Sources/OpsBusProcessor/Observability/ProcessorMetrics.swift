@@ -34,7 +34,8 @@ public final class ProcessorMetrics: Sendable {
             "event_latency", buckets: eventLatencyBuckets,
             help: "End-to-end latency: time of applying an event minus its timestamp (publisher clock)")
         handedBack = registry.counter(
-            "events_handed_back", help: "Events handed back to the broker for redelivery because Redis stayed unreachable")
+            "events_handed_back",
+            help: "Events handed back to the broker for redelivery: Redis stayed unreachable, or the journal was full")
         connection = MQTTConnectionMetrics(registry: registry)
     }
 
@@ -59,6 +60,9 @@ public final class ProcessorMetrics: Sendable {
         }
     }
 
+    /// A message refused because the journal is full or failing: the broker redelivers it.
+    func recordHandedBack() { handedBack.increment() }
+
     /// The counter `name` with one label, from the cache (label values are bounded: event types, reason classes).
     private func counter(_ name: String, _ label: String, _ value: String, help: String) -> Prometheus.Counter {
         let key = LabelledCounter(name: name, value: value)
@@ -81,8 +85,16 @@ public final class ProcessorMetrics: Sendable {
     func count(_ events: AsyncStream<MQTTConnectionEvent>) async { await connection.count(events) }
 
     /// Brings the bus-wide metrics up to date from a report and the extra depths, then renders everything.
-    func render(report: HealthReport?, depths: QueueDepths?, brokerConnected: Bool, redisReachable: Bool) -> String {
+    func render(report: HealthReport?, depths: QueueDepths?, brokerConnected: Bool, redisReachable: Bool,
+                journal: (usedBytes: Int64, pendingBytes: Int64)? = nil) -> String {
         registry.gauge("mqtt_connected", help: "1 while connected to the broker").set(to: brokerConnected ? 1.0 : 0.0)
+        if let journal {
+            registry.gauge("processor_journal", unit: "bytes", help: "Bytes of journal segments on disk (--journal)")
+                .set(journal.usedBytes)
+            registry.gauge("processor_journal_pending", unit: "bytes",
+                           help: "Journaled bytes not yet applied to Redis (an upper bound across segments)")
+                .set(journal.pendingBytes)
+        }
         registry.gauge("redis_up", help: "1 when the last read from Redis worked").set(to: redisReachable ? 1.0 : 0.0)
         if let report {
             for (type, value) in report.eventTypes {

@@ -70,7 +70,8 @@ public final class ProcessorObservability: Sendable {
             logger.debug("metrics: Redis not readable", metadata: ["error": "\(error)"])
         }
         let text = processor.metrics.render(
-            report: report, depths: depths, brokerConnected: processor.isBrokerConnected, redisReachable: report != nil)
+            report: report, depths: depths, brokerConnected: processor.isBrokerConnected, redisReachable: report != nil,
+            journal: processor.journalBytes)
         return .text(text, contentType: "text/plain; version=0.0.4; charset=utf-8")
     }
 

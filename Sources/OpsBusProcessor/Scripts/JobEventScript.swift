@@ -39,10 +39,12 @@ import OpsBusRedis
 /// Returns: { outcome, status, previous status or "", reason or "" } with outcome
 ///          `applied` (status changed), `filled` (fields filled, status kept), `ignored`, or `duplicate`.
 ///
-/// Cost (issue 6): one call per event, about 15 Redis commands for a progress event. The job hash is written with one
-/// `HSET` (pending writes are collected and flushed before anything reads them back), the seen set's TTL is renewed
-/// only when a tenth of it has passed, the timeline trimmed only when over its limit, and the JSON context decoded
-/// only when an automated action runs.
+/// Cost (issue 6): about 6 Redis commands for a progress event; in Redis each `redis.call` costs several times the
+/// command itself, so the script makes as few as it can. The job hash is read with one `HMGET` (the fixed fields and
+/// the event's own, for filling missing ones) and written with one `HSET` (pending writes are collected and flushed
+/// before anything reads them back); a status change moves the job between two index sets (`SREM` + `SADD`); the
+/// seen set's TTL is renewed only when a tenth of it has passed, the timeline trimmed only when over its limit, and
+/// the JSON context decoded only when an automated action runs.
 enum JobEventScript {
     static let statuses = ["received", "processing", "completed", "failed", "retry_scheduled", "dead_lettered"]
     static let firstFieldArgument = 19
@@ -52,7 +54,7 @@ enum JobEventScript {
     /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
     static let body = #"""
 local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
-local statuses = {'received', 'processing', 'completed', 'failed', 'retry_scheduled', 'dead_lettered'}
+local status_index = {received = 1, processing = 2, completed = 3, failed = 4, retry_scheduled = 5, dead_lettered = 6}
 local rank = {received = 0, processing = 1, completed = 2, failed = 2, retry_scheduled = 3, dead_lettered = 3}
 local implied = {received = 'received', started = 'processing', progress = 'processing', completed = 'completed',
                  failed = 'failed', retry_scheduled = 'retry_scheduled', dead_lettered = 'dead_lettered'}
@@ -110,12 +112,13 @@ local function release_resources(worker)
     end
   end
 end
--- Fills the event's fields that the hash does not have yet (HSETNX semantics, one read).
+-- The event's field names; the first HMGET reads their stored values too (`have`), for fill_missing.
+local names = {}
+for i = first_field, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+local have = {}
+-- Fills the event's fields that the hash does not have yet (HSETNX semantics). It uses the values the first HMGET
+-- read: nothing writes these fields in between (only a newer attempt deletes fields, and it never fills).
 local function fill_missing()
-  if #ARGV < first_field then return end
-  local names = {}
-  for i = first_field, #ARGV, 2 do names[#names + 1] = ARGV[i] end
-  local have = redis.call('HMGET', job, unpack(names))
   local filled = {}
   for k = 1, #names do
     if not have[k] and not filled[names[k]] then
@@ -127,10 +130,13 @@ end
 
 local function apply()
 local stored = redis.call('HMGET', job, 'status', 'attempt', 'progress', 'worker_id', 'worker_session_ms',
-                          'worker_session')
+                          'worker_session', unpack(names))
+for k = 1, #names do have[k] = stored[6 + k] end
 local status, stored_attempt, progress = stored[1], tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
 local stored_worker = stored[4]
 if not status then status = nil end
+-- The status set the job is in: a newer attempt clears `status` below, not the job's membership.
+local indexed = status
 if not stored_worker then stored_worker = nil end
 local ws_ms, ws_session = tonumber(stored[5]) or -1, stored[6] or ''
 
@@ -212,10 +218,13 @@ elseif rank[target] > rank[status] then
   outcome = 'applied'
 end
 
+-- Moves the job from the set of its indexed status to the new one (two commands, not one per status).
 local function set_status(name)
   put('status', name)
-  for i, s in ipairs(statuses) do
-    if s == name then redis.call('SADD', KEYS[3 + i], job_id) else redis.call('SREM', KEYS[3 + i], job_id) end
+  if indexed ~= name then
+    if indexed and status_index[indexed] then redis.call('SREM', KEYS[3 + status_index[indexed]], job_id) end
+    redis.call('SADD', KEYS[3 + status_index[name]], job_id)
+    indexed = name
   end
   status = name
 end
