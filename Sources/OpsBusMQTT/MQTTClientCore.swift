@@ -92,6 +92,14 @@ final class MQTTClientCore: Sendable {
         var connack: (code: Int, sessionPresent: Bool)?
         var connectWaiters: [UInt64: ConnectWaiter] = [:]
         var publishes: [Int32: PendingPublish] = [:]
+        /// `publish` calls between their libmosquitto call and their entry in `publishes`.
+        var registrationsPending = 0
+        /// Acknowledgements (`onPublish` calls) so far: orders an early acknowledgement against a registration.
+        var ackSerial: UInt64 = 0
+        /// Acknowledgements that arrived while registrations were pending and matched no entry, by message id. A
+        /// registration takes one only if it arrived after the registration's libmosquitto call began (`serial`):
+        /// an older one with the same id is a QoS 0 message's or a stale one's, never this publish's.
+        var earlyAcks: [Int32: (serial: UInt64, reasonCode: Int32)] = [:]
         /// Slots of `maxOutstandingPublishes` in use (entries in `publishes` plus slots handed to a waiter).
         var outstanding = 0
         var slotWaiters: [(token: UInt64, continuation: VoidContinuation)] = []
@@ -299,25 +307,44 @@ final class MQTTClientCore: Sendable {
             }
         }
 
-        try await acquireSlot(topic: topic)
         // From here we own a slot: it is either moved into `publishes` (freed on the acknowledgement) or released.
-        let token = state.withLock { $0.token() }
+        let token = try await acquireSlot(topic: topic)
         let timeout = configuration.publishTimeout
         let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
             await withCheckedContinuation { (continuation: VoidContinuation) in
-                let startSweeper = state.withLock { s -> Bool in
+                // libmosquitto is called outside the lock (it writes to its wake-up socket): holding the lock across
+                // that syscall made every other publishing task and the network thread wait (gdb samples of the
+                // publisher benchmark, BENCHMARKS.md). Its PUBACK may then beat the registration below:
+                // `onPublish` keeps such an early acknowledgement while a registration is pending.
+                let windowStart = state.withLock { s -> UInt64? in
                     if s.lifecycle == .stopped {
                         releaseSlot(&s)
-                        continuation.resume(
-                            returning: .failure(.disconnectedByClient(operation: operation, context: context)))
-                        return false
+                        return nil
                     }
-                    var mid: Int32 = 0
-                    let rc = callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: &mid)
+                    s.registrationsPending += 1
+                    return s.ackSerial
+                }
+                guard let windowStart else {
+                    continuation.resume(returning: .failure(.disconnectedByClient(operation: operation, context: context)))
+                    return
+                }
+                var mid: Int32 = 0
+                let rc = callPublish(topic: topic, payload: payload, qos: qos, retain: retain, mid: &mid)
+                var resumeNow: Result<Void, MQTTError>?
+                let startSweeper = state.withLock { s -> Bool in
+                    s.registrationsPending -= 1
+                    defer { if s.registrationsPending == 0 { s.earlyAcks.removeAll() } }
                     // NO_CONN for QoS ≥ 1 means "queued, will be sent after the reconnect": never retry it.
                     guard rc == MOSQ_ERR_SUCCESS.rawValue || rc == MOSQ_ERR_NO_CONN.rawValue else {
                         releaseSlot(&s)
-                        continuation.resume(returning: .failure(publishError(rc, topic: topic)))
+                        resumeNow = .failure(publishError(rc, topic: topic))
+                        return false
+                    }
+                    if let early = s.earlyAcks.removeValue(forKey: mid), early.serial > windowStart {
+                        let reasonCode = early.reasonCode
+                        releaseSlot(&s)
+                        resumeNow = reasonCode >= 0x80
+                            ? .failure(.publishRejected(reasonCode: Int(reasonCode), topic: topic)) : .success(())
                         return false
                     }
                     if let stale = s.publishes[mid] {
@@ -339,6 +366,7 @@ final class MQTTClientCore: Sendable {
                     s.sweeping = true
                     return true
                 }
+                if let resumeNow { continuation.resume(returning: resumeNow) }
                 if startSweeper { Task { [weak self] in await self?.sweepPublishTimeouts() } }
             }
         } onCancel: {
@@ -440,16 +468,18 @@ final class MQTTClientCore: Sendable {
         }
     }
 
-    private func acquireSlot(topic: String) async throws(MQTTError) {
+    /// Takes a slot of `maxOutstandingPublishes`, waiting for one if needed; returns a fresh token for the publish
+    /// (taken under the same lock, as every lock round costs the publishing tasks under contention).
+    private func acquireSlot(topic: String) async throws(MQTTError) -> UInt64 {
         let limit = configuration.maxOutstandingPublishes
-        let immediate: Bool = state.withLock { s in
+        let immediate: UInt64? = state.withLock { s in
             if s.outstanding < limit && s.slotWaiters.isEmpty {
                 s.outstanding += 1
-                return true
+                return s.token()
             }
-            return false
+            return nil
         }
-        if immediate { return }
+        if let immediate { return immediate }
         let token = state.withLock { $0.token() }
         let timeout = configuration.publishTimeout
         let result: Result<Void, MQTTError> = await withTaskCancellationHandler {
@@ -481,6 +511,7 @@ final class MQTTClientCore: Sendable {
             }
         }
         try result.get()
+        return token  // the waiter's token is done with: the publish can use it
     }
 
     /// Runs `action` after `seconds` unless cancelled first; holds the core only weakly meanwhile.
@@ -653,16 +684,32 @@ final class MQTTClientCore: Sendable {
     }
 
     fileprivate func onPublish(mid: Int32, reasonCode: Int32) {
-        state.withLock { s in
-            guard let entry = s.publishes.removeValue(forKey: mid) else { return }  // e.g. QoS 0 or a stale id
-            releaseSlot(&s)
-            var finished = entry
-            if reasonCode >= 0x80 {
-                finished.finish(.failure(.publishRejected(reasonCode: Int(reasonCode), topic: entry.topic)))
-            } else {
-                finished.finish(.success(()))
+        // A waiting `publish` is resumed after the lock is released: resuming schedules its task (a futex wake), and
+        // doing that under the lock made every publishing task wait for it (gdb samples of the publisher benchmark,
+        // BENCHMARKS.md). An `enqueuePublish` callback still runs under the lock, as documented.
+        let waiting: (VoidContinuation, Result<Void, MQTTError>)? = state.withLock { s in
+            s.ackSerial += 1
+            guard var entry = s.publishes.removeValue(forKey: mid) else {
+                // A publish between its libmosquitto call and its registration, or QoS 0 or a stale id: kept only
+                // while a registration is pending (see `publish`), and at most the last 32,768.
+                if s.registrationsPending > 0 {
+                    s.earlyAcks[mid] = (s.ackSerial, reasonCode)
+                    if s.earlyAcks.count > 32_768 {
+                        let oldest = s.ackSerial - 32_768
+                        s.earlyAcks = s.earlyAcks.filter { $0.value.serial > oldest }
+                    }
+                }
+                return nil
             }
+            releaseSlot(&s)
+            let result: Result<Void, MQTTError> = reasonCode >= 0x80
+                ? .failure(.publishRejected(reasonCode: Int(reasonCode), topic: entry.topic)) : .success(())
+            let continuation = entry.continuation
+            entry.continuation = nil
+            entry.finish(result)
+            return continuation.map { ($0, result) }
         }
+        if let (continuation, result) = waiting { continuation.resume(returning: result) }
     }
 
     fileprivate func onSubscribe(mid: Int32, granted: [Int32]) {

@@ -31,6 +31,42 @@ struct MQTTClientBrokerTests {
         #expect(!client.isConnected)
     }
 
+    // 1b. Many tasks publishing QoS 1 and QoS 0 on one client at once: every QoS 1 publish returns only after its own
+    // PUBACK. libmosquitto is called outside the client's lock, so an acknowledgement can beat the publish's
+    // registration; a QoS 0 message's completion with a recycled message id must never count as a QoS 1 ack.
+    @Test func concurrentMixedQoSPublishesEachGetTheirOwnAcknowledgement() async throws {
+        let broker = try startBroker()
+        defer { broker.stop() }
+        let consumer = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("consumer")))
+        let received = Collector<String>()
+        consumer.setMessageHandler { message in
+            if message.topic == "mixed/q1" { received.append(text(message.payload)) }
+            return .accept
+        }
+        try await consumer.connect()
+        try await consumer.subscribe(["mixed/#"], qos: .atLeastOnce)
+        let client = try MQTTClient(configuration: testConfiguration(port: broker.port, clientID: uniqueID("pub")))
+        try await client.connect()
+        let tasks = 32, perTask = 400
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<tasks {
+                group.addTask {
+                    for index in 0..<perTask {
+                        try await client.publish(topic: "mixed/q0", payload: bytes("\(task)-\(index)"), qos: .atMostOnce)
+                        try await client.publish(topic: "mixed/q1", payload: bytes("\(task)-\(index)"), qos: .atLeastOnce)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        // Every QoS 1 publish has returned: the broker has them all, and none is still outstanding.
+        #expect(client.outstandingPublishCount == 0)
+        #expect(await eventually { received.all.count >= tasks * perTask }, "\(received.all.count) delivered")
+        #expect(Set(received.all).count == tasks * perTask)
+        await client.disconnect()
+        await consumer.disconnect()
+    }
+
     // 2. A handler that rejects m3 makes the broker redeliver it after the automatic reconnect: nothing is lost.
     @Test func rejectedQoS1MessageIsRedeliveredOnTheDurableSession() async throws {
         let broker = try startBroker()
