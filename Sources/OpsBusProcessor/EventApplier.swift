@@ -123,6 +123,9 @@ final class EventApplier {
             throw error
         }
         var results = [ApplyResult?](repeating: nil, count: planned.count)
+        // Results that `execute` decided, which it counted itself; the rest are counted once the whole batch is
+        // through (a batch that throws half-way is retried, and its events must not be counted twice).
+        var counted = [Bool](repeating: false, count: planned.count)
         for (index, at) in deadLetterSlots {
             if let message = replies[at].errorMessage {
                 if Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
@@ -167,15 +170,16 @@ final class EventApplier {
                         throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
                     }
                     results[index] = result
+                    counted[index] = true
                 }
             } else {
-                try collect(reply.array ?? [], calls: calls, planned: planned, retried: retried, into: &results)
+                try collect(reply.array ?? [], calls: calls, planned: planned, retried: retried,
+                            into: &results, counted: &counted)
             }
         }
         for (index, (plan, envelope)) in planned.enumerated() {
             let result = results[index] ?? .applied(outcome: "applied")
-            // Event results were counted where they were decided (`collect`, `execute`); dead-letter plans here.
-            if plan.isDeadLetter { onApplied(result) }
+            if !counted[index] { onApplied(result) }
             finish(result, envelope: envelope, topic: plan.topic)
         }
     }
@@ -184,7 +188,7 @@ final class EventApplier {
     /// with Redis's message (as `execute` does for a single event).
     private func collect(_ slots: [RedisReply], calls: [(plan: Int, call: RedisPlan.BatchCall)],
                          planned: [(RedisPlan, EventEnvelope?)], retried: Bool,
-                         into results: inout [ApplyResult?]) throws(RedisError) {
+                         into results: inout [ApplyResult?], counted: inout [Bool]) throws(RedisError) {
         for (position, (index, call)) in calls.enumerated() {
             let plan = planned[index].0
             let parts = position < slots.count ? slots[position].array ?? [] : []
@@ -198,9 +202,7 @@ final class EventApplier {
                 continue
             }
             if succeeded {
-                let result = plan.outcome(fromBatchResult: value)
-                onApplied(result)
-                results[index] = result
+                results[index] = plan.outcome(fromBatchResult: value)
             } else if let message = value.string,
                       Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
                 // E.g. READONLY after a failover, OOM: the whole batch is retried (its applied events are duplicates
@@ -216,6 +218,7 @@ final class EventApplier {
                     throw RedisError.io(endpoint: "\(configuration.redis)", reason: reason, commandMayHaveRun: true)
                 }
                 results[index] = result
+                counted[index] = true
             }
         }
     }
