@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import OpsBusCore
+import OpsBusJournal
 import OpsBusProcessor
 
 struct ProcessorCommand: AsyncParsableCommand {
@@ -92,6 +93,9 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Events per Redis script call with --journal (1-1000).")
     var batchSize: Int = 128
 
+    @Option(help: "When to fsync the --journal: always (survives OS crashes, one flush per message), batch, never (default; survives process crashes).")
+    var journalFsync: String = "never"
+
     @OptionGroup var connection: ConnectionOptions
     @OptionGroup var http: HTTPOptions
     @OptionGroup var common: CommonOptions
@@ -143,8 +147,12 @@ struct ProcessorCommand: AsyncParsableCommand {
             guard (1...1000).contains(batchSize) else {
                 throw ValidationError("--batch-size must be from 1 to 1000, not \(batchSize)")
             }
+            guard let fsync = JournalFsync(rawValue: journalFsync) else {
+                throw ValidationError("--journal-fsync: expected always, batch or never (got '\(journalFsync)')")
+            }
             var settings = ProcessorJournal(directory: directory)
             settings.batchSize = batchSize
+            settings.fsync = fsync
             settings.drainTimeout = shutdownTimeout * 0.8
             configuration.journal = settings
         }

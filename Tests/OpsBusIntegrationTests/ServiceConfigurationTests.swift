@@ -113,6 +113,16 @@ struct ServiceConfigurationTests {
 
         let usage = try await run(try opsbusExecutable(), ["processor", "--no-such-flag"], environment: Self.environment())
         #expect(usage.status == 64, "a usage error: \(usage.stderr)")
+
+        // The batching options are checked before anything connects.
+        for (arguments, mentions) in [
+            (["--journal", "/tmp/opsbus-unused-journal", "--journal-fsync", "sometimes"], "--journal-fsync"),
+            (["--journal", "/tmp/opsbus-unused-journal", "--batch-size", "0"], "--batch-size"),
+            (["--journal", "/tmp/opsbus-unused-journal", "--source", "stream:events:jobs"], "--source mqtt only"),
+        ] {
+            let result = try await run(try opsbusExecutable(), ["processor"] + arguments, environment: Self.environment())
+            #expect(result.status == 64 && result.stderr.contains(mentions), "\(arguments): \(result.stderr)")
+        }
     }
 
     @Test("SIGTERM to a running bridge drains, logs a clean stop and exits 0; its journal is under OPSBUS_STATE_DIR")
