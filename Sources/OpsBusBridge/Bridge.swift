@@ -73,7 +73,7 @@ public final class Bridge: Sendable {
             journal: journal, sink: writer, batchSize: configuration.batchSize,
             drainTimeout: .milliseconds(Int(configuration.drainTimeout * 1000)), threadName: "opsbus-bridge-writer",
             logger: logger)
-        admission = JournalAdmission(journal: journal, logger: logger)
+        admission = JournalAdmission(journal: journal, drain: drain, logger: logger)
     }
 
     /// True once the first SUBACK arrived: messages published from then on reach the bridge.
@@ -155,18 +155,12 @@ public final class Bridge: Sendable {
     private func handle(_ message: MQTTMessage) -> MQTTMessageDisposition {
         if stopping.withLock({ $0 }) { return .reject }
         let limit = routes.route(for: message.topic)?.maxPayloadBytes ?? configuration.deadLetterPayloadBytes
-        // Oversize payloads are dead-lettered anyway: journal only what the dead letter keeps, so one huge message
-        // cannot fill the journal.
-        let keep = message.payload.count > limit
-            ? Array(message.payload.prefix(min(limit, configuration.deadLetterPayloadBytes))) : message.payload
-        let record = JournalRecord(
-            topic: message.topic, payload: keep, qos: UInt8(message.qos.rawValue), retain: message.retain,
-            receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
-            originalPayloadBytes: message.payload.count)
+        let record = JournalRecord.received(
+            topic: message.topic, payload: message.payload, qos: UInt8(message.qos.rawValue), retain: message.retain,
+            limit: limit, keep: min(limit, configuration.deadLetterPayloadBytes))
         switch admission.append(record) {
         case .appended:
             counters.value.withLock { $0.journaled += 1 }
-            drain.notify()
             return .accept
         case .refused:
             counters.value.withLock { $0.rejected += 1 }

@@ -208,12 +208,15 @@ public final class JournalAdmission: Sendable {
     }
 
     private let journal: Journal
+    private let drain: JournalDrain
     private let logger: Logger
     private let refusingUntil = Mutex<ContinuousClock.Instant?>(nil)
     private let refusals = Mutex(0)
 
-    public init(journal: Journal, logger: Logger) {
+    /// `drain` is woken after each append.
+    public init(journal: Journal, drain: JournalDrain, logger: Logger) {
         self.journal = journal
+        self.drain = drain
         self.logger = logger
     }
 
@@ -228,6 +231,7 @@ public final class JournalAdmission: Sendable {
         }
         switch journal.append(record) {
         case .appended:
+            drain.notify()
             return .appended
         case .full:
             let count = refuse(until: now + .milliseconds(250))

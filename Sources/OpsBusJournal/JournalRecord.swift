@@ -32,6 +32,18 @@ public struct JournalRecord: Sendable, Hashable {
         self.originalPayloadBytes = originalPayloadBytes ?? payload.count
     }
 
+    /// A message as it arrives now. One larger than `limit` keeps only its first `keep` bytes (what its dead letter
+    /// shows) and its size in `originalPayloadBytes`: it is refused anyway, and one huge message cannot fill the
+    /// journal.
+    public static func received(topic: String, payload: [UInt8], qos: UInt8, retain: Bool, limit: Int, keep: Int)
+        -> JournalRecord
+    {
+        JournalRecord(
+            topic: topic, payload: payload.count > limit ? Array(payload.prefix(keep)) : payload, qos: qos,
+            retain: retain, receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
+            originalPayloadBytes: payload.count)
+    }
+
     public var isTruncated: Bool { originalPayloadBytes > payload.count }
 
     /// The full on-disk form: header plus body.

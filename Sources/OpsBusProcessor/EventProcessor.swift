@@ -73,13 +73,12 @@ public final class EventProcessor: Sendable {
             } catch {
                 throw .configuration("\(error)")
             }
-            let sink = BatchSink(applier: applier, metrics: metrics)
+            let drain = JournalDrain(
+                journal: journal, sink: BatchSink(applier: applier, metrics: metrics), batchSize: settings.batchSize,
+                drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)), threadName: "opsbus-processor-drain",
+                logger: logger)
             batching = Batching(
-                journal: journal,
-                drain: JournalDrain(journal: journal, sink: sink, batchSize: settings.batchSize,
-                                    drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
-                                    threadName: "opsbus-processor-drain", logger: logger),
-                admission: JournalAdmission(journal: journal, logger: logger))
+                journal: journal, drain: drain, admission: JournalAdmission(journal: journal, drain: drain, logger: logger))
         } else {
             batching = nil
         }
@@ -193,12 +192,12 @@ public final class EventProcessor: Sendable {
         batching.drain.requestStop()
         await batching.drain.waitForExit()
         applier.withLock { $0.close() }
-        let (committed, appended) = (batching.journal.committed, batching.journal.appendedEnd)
-        if appended > committed {
+        let pending = batching.journal.pendingBytes
+        if pending > 0 {
             // Acknowledged to the broker, not applied yet: only a start with this journal directory applies them.
             logger.error(
                 "stopping with journaled events not yet applied to Redis; a processor started again with this journal directory applies them",
-                metadata: ["journal": "\(batching.journal.directory)", "from": "\(committed)", "to": "\(appended)"])
+                metadata: ["journal": "\(batching.journal.directory)", "pending_bytes": "\(pending)"])
         }
         batching.journal.close()
     }
@@ -207,15 +206,11 @@ public final class EventProcessor: Sendable {
     /// did not reach the journal is rejected, so the broker redelivers it. An oversize message is journaled only as
     /// far as its dead letter shows it.
     private func journal(_ message: MQTTMessage, _ batching: Batching) -> MQTTMessageDisposition {
-        let payload = message.payload.count > configuration.maxPayloadBytes
-            ? Array(message.payload.prefix(RedisPlan.deadLetterPayloadBytes)) : message.payload
-        let record = JournalRecord(
-            topic: message.topic, payload: payload, qos: UInt8(message.qos.rawValue), retain: message.retain,
-            receivedAtMilliseconds: EventTimestamp.now().millisecondsSinceEpoch,
-            originalPayloadBytes: message.payload.count)
+        let record = JournalRecord.received(
+            topic: message.topic, payload: message.payload, qos: UInt8(message.qos.rawValue), retain: message.retain,
+            limit: configuration.maxPayloadBytes, keep: RedisPlan.deadLetterPayloadBytes)
         switch batching.admission.append(record) {
         case .appended:
-            batching.drain.notify()
             return .accept
         case .refused:
             counterState.record(.retryLater(reason: "journal full or failing"))
