@@ -219,7 +219,7 @@ struct ProcessorScaleOutTests {
         #expect(appliedAtKill < events.count, "the kill happened mid-stream")
         crashy = try ChildProcess(executable, arguments)
         try await ProcessorFaultTests.expectEachAppliedOnce(events, servers.redisEndpoint)
-        #expect(steady.counters.received > 0)
+        #expect(try await waitUntil(timeout: 10) { steady.counters.received > 0 })
         crashy.signal(SIGTERM)
         _ = try? await crashy.wait(timeout: 20)
         await raw.disconnect()
@@ -238,7 +238,9 @@ struct ProcessorScaleOutTests {
         let events = try ProcessorFaultTests.completions("scale-down", count: 200)
         try await Kit.publish(events, with: raw)
         try await ProcessorFaultTests.expectEachAppliedOnce(events, servers.redisEndpoint, timeout: 20)
-        #expect(staying.counters.received == events.count)
+        // (The process counts a batch once its Redis call returns, a moment after Redis shows it.)
+        #expect(try await waitUntil(timeout: 10) { staying.counters.received == events.count },
+                "\(staying.counters)")
         await raw.disconnect()
         await staying.stop()
     }
@@ -291,7 +293,7 @@ struct ProcessorScaleOutTests {
             #expect(try redis.command(["HGET", Kit.keys.entity("trigger", job), "count"]).string == "1", "\(job) retry count")
         }
         #expect(try await waitUntil(timeout: 10) { try redis.command(["XLEN", Kit.keys.outbox]).int == 0 }, "outbox drained")
-        #expect(one.counters.received > 0 && two.counters.received > 0)
+        #expect(try await waitUntil(timeout: 10) { one.counters.received > 0 && two.counters.received > 0 })
         await raw.disconnect()
         await one.stop()
         await two.stop()

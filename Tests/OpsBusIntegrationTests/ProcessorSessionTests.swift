@@ -415,7 +415,8 @@ struct ProcessorSessionTests {
         let total = Int64(stream.count)
         #expect(try await waitUntil(timeout: 60) { try self.received(redis) == total })
         #expect(try await waitUntil(timeout: 60) { try self.received(referenceRedis) == total })
-        #expect(one.counters.received > 0 && two.counters.received > 0, "both instances took a share")
+        #expect(try await waitUntil(timeout: 10) { one.counters.received > 0 && two.counters.received > 0 },
+                "both instances took a share")
 
         // Order-independent figures must match exactly; opened/closed depend on arrival order, their difference not.
         func figures(_ redis: RedisConnection) throws -> [String: Int64] {
