@@ -1,3 +1,5 @@
+import Synchronization
+
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Darwin)
@@ -23,6 +25,31 @@ public enum LoopbackPort {
         }
         guard named == 0 else { throw .noFreePort(reason: "getsockname() failed, errno \(errno)") }
         return UInt16(bigEndian: address.sin_port)
+    }
+
+    /// Holds a free port with a bound socket that does not listen: connections to it are refused, and `allocate()`
+    /// does not hand it out, until `release()`. The socket sets `SO_REUSEADDR`, so a server that sets it too
+    /// (Python's `HTTPServer`, mosquitto, redis-server) can bind and listen while the port is held, then take over
+    /// without a window in which a server started by someone else grabs the port.
+    public static func reserve() throws(LocalServerError) -> PortReservation {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw .noFreePort(reason: "socket() failed, errno \(errno)") }
+        var on: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, socklen_t(MemoryLayout<Int32>.size))
+        var address = loopbackAddress(port: 0)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let named = bound == 0 && withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        } == 0
+        guard named else {
+            let reason = "bind() or getsockname() failed, errno \(errno)"
+            close(fd)
+            throw .noFreePort(reason: reason)
+        }
+        return PortReservation(port: UInt16(bigEndian: address.sin_port), descriptor: fd)
     }
 
     /// True when a TCP connect to 127.0.0.1:`port` succeeds.
@@ -64,4 +91,22 @@ public enum LoopbackPort {
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         return address
     }
+}
+
+/// A loopback port held by a bound, non-listening socket (`LoopbackPort.reserve()`); released on `release()` or when
+/// the value goes away.
+public final class PortReservation: Sendable {
+    public let port: UInt16
+    private let descriptor: Mutex<Int32?>
+
+    init(port: UInt16, descriptor: Int32) {
+        self.port = port
+        self.descriptor = Mutex(descriptor)
+    }
+
+    public func release() {
+        if let fd = descriptor.withLock({ fd -> Int32? in defer { fd = nil }; return fd }) { close(fd) }
+    }
+
+    deinit { release() }
 }

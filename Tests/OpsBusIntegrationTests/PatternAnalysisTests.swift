@@ -17,7 +17,9 @@ struct PatternAnalysisTests {
         let sub = try await MosquittoSub(port: servers.broker.port, filters: ["triggers/recommendation/+"])
         let processor = try await RunningProcessor.start(servers) { configuration in
             configuration.patternAnalysisInterval = 1
-            configuration.patternRules = PatternAnalysisRules(minimumSamples: 10, minimumTimeouts: 5)
+            // Thresholds that only the complete data reaches: an analysis that runs while the events are still
+            // arriving (every second, on a busy machine) must not announce a partial count first.
+            configuration.patternRules = PatternAnalysisRules(minimumSamples: 16, minimumTimeouts: 6)
             // Dead-letter at once: no retry triggers to wait for.
             configuration.retryPolicy = RetryPolicy(baseDelay: 0.2, maxDelay: 1, jitter: 0, maxAttempts: 1)
         }

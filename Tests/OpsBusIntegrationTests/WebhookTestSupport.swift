@@ -65,8 +65,10 @@ final class WebhookReceiver: Sendable {
         self.port = port
         self.child = child
         self.logFile = logFile
-        let listening = try await waitUntil(timeout: 15) { LoopbackPort.isAcceptingConnections(port) || !child.isRunning }
-        guard listening, child.isRunning else {
+        // The receiver's own line, printed after its bind: a connect test would also succeed on a server that
+        // another test started on the same port meanwhile.
+        let listening = try await waitUntil(timeout: 15) { child.stdout.contains("listening on") || !child.isRunning }
+        guard listening, child.isRunning, child.stdout.contains("listening on") else {
             throw TestFailure("webhook receiver did not start on port \(port): \(child.stderr)")
         }
     }

@@ -76,7 +76,10 @@ struct WebhookTests {
     @Test("a notification for a receiver that is down waits in the outbox and arrives once the receiver is up")
     func receiverDownThenUp() async throws {
         let redis = try WebhookTestRedis()
-        let port = try LoopbackPort.allocate()
+        // Held (refusing connections) while the receiver is down: a server another test starts meanwhile on a free
+        // port must not get it, or the deliverer talks to that server (this failed CI once).
+        let reservation = try LoopbackPort.reserve()
+        let port = reservation.port
         let endpoint = try WebhookEndpoint(name: "later", url: "http://127.0.0.1:\(port)/hooks/opsbus", timeout: 2, maxAttempts: 100)
         let outbox = WebhookOutbox()
         let connection = try redis.connection()
@@ -89,6 +92,7 @@ struct WebhookTests {
         #expect(deliverer.counters.delivered == 0)
 
         let receiver = try await WebhookReceiver(port: port)
+        reservation.release()
         #expect(try await waitUntil { deliverer.counters.delivered == 1 })
         await deliverer.stop()
         #expect(receiver.requests.map(\.outcome) == ["ok"])
