@@ -4,7 +4,9 @@ import Synchronization
 
 /// Where a `JournalDrain` writes its batches (the bridge's streams, the processor's state).
 ///
-/// All calls come from the drain's one thread, in journal order.
+/// With one sink, all calls come from the drain's one thread, in journal order. With several (the processor), each
+/// sink is called from its own writer thread only, with the records of its partition in journal order; records of
+/// different partitions may be written in any order, and `committed` is not called.
 public protocol JournalBatchSink: AnyObject, Sendable {
     /// Writes one batch. Throwing means "nothing is known to be done": the drain retries the *same* batch with
     /// backoff, so a write must be idempotent (records that did reach Redis are recognised by their ids).
@@ -32,13 +34,18 @@ extension JournalBatchSink {
 /// for long while Redis is down). One thread means journal order is write order: what one publisher sent keeps its
 /// order. A failed write is retried as a whole, with backoff, until it succeeds or the drain deadline of a stop
 /// passes; nothing is committed before it succeeded.
+///
+/// With several sinks, the drain thread reads ahead, splits each batch by `partition` (for the processor: the
+/// entity a topic names, so one job's events stay in order) and hands each part to its partition's writer thread,
+/// so Redis runs one part while the next is prepared and sent. Parts of different partitions complete in any order;
+/// the committed position only moves past a batch once every part of it and of every batch before it is written.
 public final class JournalDrain: Sendable {
     /// How stale the persisted committed position may get (BENCHMARKS.md defect 3): at most this much of the
     /// journal is replayed (and deduplicated by Redis) after a crash, instead of a file write + rename per batch.
     public static let commitInterval = Duration.milliseconds(100)
 
     private let journal: Journal
-    private let sink: any JournalBatchSink
+    private let sinks: [any JournalBatchSink]
     private let batchSize: Int
     /// Bytes read per batch at most (at least one record). Each batch is held about three times while it is written
     /// (journal bytes, the Redis command, the connection's buffer): 2 MiB keeps a bridge of 64 KiB payloads well
@@ -51,6 +58,28 @@ public final class JournalDrain: Sendable {
     private let control = Mutex(Control())
     /// Records before this position were journaled by an earlier process (see `JournalBatchSink.write`).
     private let replayEnd: JournalPosition
+    /// Several sinks: the writer (index into `sinks`) of a record.
+    private let partition: (@Sendable (JournalRecord) -> Int)?
+    /// Several sinks: each writer's queue of parts, and how far each batch got.
+    private let handOff: Mutex<HandOff>
+    /// Per writer: signalled once per queued part, and once when the writers are to exit.
+    private let work: [DispatchSemaphore]
+    private let writersExited = DispatchGroup()
+
+    struct QueuedPart {
+        let serial: Int
+        let entries: [JournalEntry]
+        let replayed: Bool
+    }
+
+    struct HandOff {
+        var queues: [[QueuedPart]]
+        /// Serial → parts of that batch not yet finished (written, or given up at the stop deadline).
+        var remaining: [Int: Int] = [:]
+        /// Batches with a part given up at the stop deadline: nothing may be committed from the first of them on.
+        var gaveUp: Set<Int> = []
+        var writersExit = false
+    }
 
     struct Control {
         var stopRequested = false
@@ -60,10 +89,23 @@ public final class JournalDrain: Sendable {
     }
 
     /// `drainTimeout`: after `requestStop()`, how long the thread keeps writing what is journaled.
-    public init(journal: Journal, sink: any JournalBatchSink, batchSize: Int, drainTimeout: Duration,
-                threadName: String, logger: Logger) {
+    public convenience init(journal: Journal, sink: any JournalBatchSink, batchSize: Int, drainTimeout: Duration,
+                            threadName: String, logger: Logger) {
+        self.init(journal: journal, sinks: [sink], partition: nil, batchSize: batchSize, drainTimeout: drainTimeout,
+                  threadName: threadName, logger: logger)
+    }
+
+    /// `sinks`: one writer thread per sink when there are several (see the type's documentation); `partition`
+    /// names the sink of a record (taken modulo the number of sinks; records that must stay in order must share
+    /// it). With one sink, `partition` is not used.
+    public init(journal: Journal, sinks: [any JournalBatchSink], partition: (@Sendable (JournalRecord) -> Int)?,
+                batchSize: Int, drainTimeout: Duration, threadName: String, logger: Logger) {
+        precondition(!sinks.isEmpty, "a journal drain needs a sink")
         self.journal = journal
-        self.sink = sink
+        self.sinks = sinks
+        self.partition = partition
+        handOff = Mutex(HandOff(queues: Array(repeating: [], count: sinks.count)))
+        work = sinks.map { _ in DispatchSemaphore(value: 0) }
         self.batchSize = max(1, batchSize)
         self.drainTimeout = drainTimeout
         self.threadName = threadName
@@ -72,7 +114,19 @@ public final class JournalDrain: Sendable {
     }
 
     public func start() {
-        let thread = Thread { [self] in self.main() }
+        if sinks.count == 1 {
+            let thread = Thread { [self] in self.main() }
+            thread.name = threadName
+            thread.start()
+            return
+        }
+        for (index, sink) in sinks.enumerated() {
+            writersExited.enter()
+            let writer = Thread { [self] in self.writerMain(index, sink) }
+            writer.name = "\(threadName)-\(index + 1)"
+            writer.start()
+        }
+        let thread = Thread { [self] in self.readAheadMain() }
         thread.name = threadName
         thread.start()
     }
@@ -106,6 +160,7 @@ public final class JournalDrain: Sendable {
     }
 
     private func main() {
+        let sink = sinks[0]
         var position = journal.committed
         var failures = 0
         outer: while true {
@@ -139,37 +194,155 @@ public final class JournalDrain: Sendable {
             if replayed, let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
                 batch = (Array(batch.entries[..<cut]), batch.entries[cut].position)
             }
-            while true {
-                do {
-                    try sink.write(batch.entries, replayed: replayed)
-                    if failures > 0 { logger.notice("Redis writes resumed", metadata: ["after_failures": "\(failures)"]) }
-                    failures = 0
-                    break
-                } catch {
-                    failures += 1
-                    sink.writeFailed(error, failures: failures)
-                    if failures == 1 || failures % 20 == 0 {
-                        logger.warning("Redis write failed; retrying (the journal keeps the messages)",
-                            metadata: ["error": "\(error)", "failures": "\(failures)"])
-                    }
-                    if stopState.pastDeadline {
-                        logger.warning("stopping with unwritten journal records; they are written at the next start",
-                            metadata: ["from": "\(position)"])
-                        break outer
-                    }
-                    let delay = min(2.0, 0.05 * pow(2, Double(min(failures, 10))))
-                    Thread.sleep(forTimeInterval: delay)
-                }
+            guard write(batch.entries, replayed: replayed, to: sink, failures: &failures) else {
+                logger.warning("stopping with unwritten journal records; they are written at the next start",
+                    metadata: ["from": "\(position)"])
+                break outer
             }
             commit(batch.next, &position)
         }
         persistPendingCommit()
+        finish()
+    }
+
+    private func finish() {
         let waiters = control.withLock { control -> [CheckedContinuation<Void, Never>] in
             control.finished = true
             defer { control.waiters = [] }
             return control.waiters
         }
         waiters.forEach { $0.resume() }
+    }
+
+    /// Writes one batch, retrying the whole batch (idempotent) with backoff until it succeeds (true) or the drain
+    /// deadline of a stop passes (false: nothing may be committed from this batch on).
+    private func write(_ entries: [JournalEntry], replayed: Bool, to sink: any JournalBatchSink,
+                       failures: inout Int) -> Bool {
+        while true {
+            do {
+                try sink.write(entries, replayed: replayed)
+                if failures > 0 { logger.notice("Redis writes resumed", metadata: ["after_failures": "\(failures)"]) }
+                failures = 0
+                return true
+            } catch {
+                failures += 1
+                sink.writeFailed(error, failures: failures)
+                if failures == 1 || failures % 20 == 0 {
+                    logger.warning("Redis write failed; retrying (the journal keeps the messages)",
+                        metadata: ["error": "\(error)", "failures": "\(failures)"])
+                }
+                if stopState.pastDeadline { return false }
+                let delay = min(2.0, 0.05 * pow(2, Double(min(failures, 10))))
+                Thread.sleep(forTimeInterval: delay)
+            }
+        }
+    }
+
+    /// Several sinks: read batches ahead (one per writer at most), queue them for the writers, and commit the
+    /// prefix of the journal whose batches are all written.
+    private func readAheadMain() {
+        var position = journal.committed  // committed: everything before is written
+        var readPosition = position       // next record to read
+        var inFlight: [(serial: Int, next: JournalPosition)] = []
+        var nextSerial = 0
+        var gaveUp = false
+        while true {
+            // Commit the written prefix; a batch given up at the deadline stops both committing and reading.
+            let (remaining, givenUp) = handOff.withLock { ($0.remaining, $0.gaveUp) }
+            while let first = inFlight.first, remaining[first.serial] == 0 {
+                if givenUp.contains(first.serial) { gaveUp = true; break }
+                inFlight.removeFirst()
+                handOff.withLock { _ = $0.remaining.removeValue(forKey: first.serial) }
+                commit(first.next, &position)
+            }
+            if inFlight.isEmpty && readPosition > position && !gaveUp { commit(readPosition, &position) }
+            let stop = stopState
+            if gaveUp || stop.pastDeadline {
+                // Writers give up at the deadline too; wait until none is writing, then leave the rest for the
+                // next start.
+                if inFlight.allSatisfy({ remaining[$0.serial] == 0 }) {
+                    if !inFlight.isEmpty {
+                        logger.warning("stopping with unwritten journal records; they are written at the next start",
+                            metadata: ["from": "\(position)"])
+                    }
+                    break
+                }
+            } else if inFlight.count < sinks.count {
+                if journal.fsync == .batch { journal.sync() }
+                var batch: (entries: [JournalEntry], next: JournalPosition)
+                do {
+                    batch = try journal.read(from: readPosition, maxRecords: batchSize, maxBytes: Self.batchBytes)
+                } catch {
+                    logger.error("cannot read the journal", metadata: ["error": "\(error)"])
+                    if stop.requested && inFlight.isEmpty { break }
+                    _ = wakeup.wait(timeout: .now() + 1)
+                    continue
+                }
+                if !batch.entries.isEmpty {
+                    let replayed = batch.entries[0].position < replayEnd
+                    if replayed, let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
+                        batch = (Array(batch.entries[..<cut]), batch.entries[cut].position)
+                    }
+                    var parts = Array(repeating: [JournalEntry](), count: sinks.count)
+                    for entry in batch.entries {
+                        let index = (partition?(entry.record) ?? 0) % sinks.count
+                        parts[index < 0 ? index + sinks.count : index].append(entry)
+                    }
+                    let serial = nextSerial
+                    handOff.withLock { state in
+                        state.remaining[serial] = parts.filter { !$0.isEmpty }.count
+                        for (index, part) in parts.enumerated() where !part.isEmpty {
+                            state.queues[index].append(QueuedPart(serial: serial, entries: part, replayed: replayed))
+                        }
+                    }
+                    for (index, part) in parts.enumerated() where !part.isEmpty { work[index].signal() }
+                    inFlight.append((serial, batch.next))
+                    nextSerial += 1
+                    readPosition = batch.next
+                    continue
+                }
+                readPosition = batch.next
+                if inFlight.isEmpty {
+                    if readPosition > position { commit(readPosition, &position) }
+                    if stop.requested && journal.appendedEnd <= position { break }
+                }
+            }
+            // Wait for a writer to finish or for new records; persist a lazily committed position that is due.
+            var wait = Duration.milliseconds(200)
+            if let due = journal.pendingCommitDue(after: Self.commitInterval) {
+                let left = due - .now
+                if left <= .zero { persistPendingCommit() } else { wait = min(wait, left) }
+            }
+            _ = wakeup.wait(timeout: .now() + .microseconds(max(1, Int(wait / .microseconds(1)))))
+        }
+        handOff.withLock { $0.writersExit = true }
+        work.forEach { $0.signal() }
+        writersExited.wait()
+        persistPendingCommit()
+        finish()
+    }
+
+    /// One writer thread of several: take the next part of its partition, write it (retrying), report it, repeat.
+    private func writerMain(_ index: Int, _ sink: any JournalBatchSink) {
+        var failures = 0
+        while true {
+            if work[index].wait(timeout: .now() + .milliseconds(200)) == .timedOut {
+                sink.idle()
+                continue
+            }
+            let (part, exit) = handOff.withLock { state -> (QueuedPart?, Bool) in
+                state.queues[index].isEmpty ? (nil, state.writersExit) : (state.queues[index].removeFirst(), false)
+            }
+            if exit { break }
+            guard let part else { continue }
+            let written = write(part.entries, replayed: part.replayed, to: sink, failures: &failures)
+            handOff.withLock { state in
+                state.remaining[part.serial, default: 1] -= 1
+                if !written { state.gaveUp.insert(part.serial) }
+            }
+            wakeup.signal()
+        }
+        writersExited.leave()
     }
 
     private func persistPendingCommit() {
@@ -189,7 +362,7 @@ public final class JournalDrain: Sendable {
             logger.error("cannot persist the committed journal position", metadata: ["error": "\(error)"])
         }
         position = next
-        sink.committed(next)
+        if sinks.count == 1 { sinks[0].committed(next) }
     }
 }
 

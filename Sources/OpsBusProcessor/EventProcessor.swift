@@ -19,9 +19,11 @@ import Synchronization
 /// With a journal (`ProcessorConfiguration.journal`) the handler instead appends each message to a local journal
 /// and returns (a `kill -9` after the `write(2)` loses nothing: the bytes are the kernel's), and a drain thread
 /// applies the journal in batches, one round trip and one script call per batch (`BatchApplyScript`): the per-call
-/// cost in Redis, not the round trip, bounded the synchronous path (BENCHMARKS.md). One drain thread keeps journal
-/// order, so per-job order is delivery order as before. Redis down: the journal absorbs messages up to its size,
-/// then the handler refuses them and the broker keeps them.
+/// cost in Redis, not the round trip, bounded the synchronous path (BENCHMARKS.md). `writers` connections apply
+/// the parts of consecutive batches concurrently, each the events of its share of the entities (`partition`), so
+/// Redis runs one part while the next is sent and one entity's events stay in journal order. The journal is
+/// committed only up to the first batch not yet wholly applied. Redis down: the journal absorbs messages up to its
+/// size, then the handler refuses them and the broker keeps them.
 public final class EventProcessor: Sendable {
     public let configuration: ProcessorConfiguration
     private let logger: Logger
@@ -40,6 +42,8 @@ public final class EventProcessor: Sendable {
         let journal: Journal
         let drain: JournalDrain
         let admission: JournalAdmission
+        /// The drain's writers beyond the first (which uses `applier`), each with its own Redis connection.
+        let extraAppliers: [ApplierLock]
     }
 
     public init(configuration: ProcessorConfiguration, logger: Logger = Logger(label: "opsbus.processor"))
@@ -73,12 +77,19 @@ public final class EventProcessor: Sendable {
             } catch {
                 throw .configuration("\(error)")
             }
+            let metrics = metrics
+            let extraAppliers = (1..<max(1, settings.writers)).map { _ in
+                ApplierLock(EventApplier(configuration: configuration, logger: logger, metrics: metrics) { result in
+                    counterState.record(result)
+                })
+            }
             let drain = JournalDrain(
-                journal: journal, sink: BatchSink(applier: applier, metrics: metrics), batchSize: settings.batchSize,
-                drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)), threadName: "opsbus-processor-drain",
-                logger: logger)
+                journal: journal, sinks: ([applier] + extraAppliers).map { BatchSink(applier: $0, metrics: metrics) },
+                partition: { Self.partition(ofTopic: $0.topic) }, batchSize: settings.batchSize, drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
+                threadName: "opsbus-processor-drain", logger: logger)
             batching = Batching(
-                journal: journal, drain: drain, admission: JournalAdmission(journal: journal, drain: drain, logger: logger))
+                journal: journal, drain: drain, admission: JournalAdmission(journal: journal, drain: drain, logger: logger),
+                extraAppliers: extraAppliers)
         } else {
             batching = nil
         }
@@ -103,6 +114,20 @@ public final class EventProcessor: Sendable {
                 throw .configuration("\(error)")
             }
         }
+    }
+
+    /// The batching drain's writer of a message: a hash of its topic without the last level (`jobs/<id>`,
+    /// `workers/<id>`, …), so the events of one entity are applied in journal order by one writer. The state is
+    /// order-proof across entities (as it is across a shared-subscription group), but not everything within one job
+    /// is: a `job.received` asking for notifications must be applied before the `job.started` it should notify of.
+    static func partition(ofTopic topic: String) -> Int {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
+        let bytes = topic.utf8
+        let end = bytes.lastIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
+        for byte in bytes[..<end] {
+            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        }
+        return Int(truncatingIfNeeded: hash >> 1)
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).
@@ -192,6 +217,7 @@ public final class EventProcessor: Sendable {
         batching.drain.requestStop()
         await batching.drain.waitForExit()
         applier.withLock { $0.close() }
+        for extra in batching.extraAppliers { extra.withLock { $0.close() } }
         let pending = batching.journal.pendingBytes
         if pending > 0 {
             // Acknowledged to the broker, not applied yet: only a start with this journal directory applies them.

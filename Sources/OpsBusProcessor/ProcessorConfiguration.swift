@@ -109,6 +109,9 @@ public struct ProcessorJournal: Sendable, Equatable {
     public var maxBytes: Int64 = 1 << 30
     /// Events per script call. Larger batches cost fewer calls per event but hold Redis longer per call.
     public var batchSize: Int = 128
+    /// Batches applied concurrently, each on its own Redis connection: with 2, Redis runs one batch while the next
+    /// is prepared and sent (the state is order-proof, as for a shared-subscription group). 1 applies in journal order.
+    public var writers: Int = 2
     public var fsync: JournalFsync = .never
     /// On stop, how long the drain keeps applying what is journaled (the rest is applied at the next start).
     public var drainTimeout: Double = 10

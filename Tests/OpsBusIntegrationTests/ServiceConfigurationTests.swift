@@ -118,6 +118,7 @@ struct ServiceConfigurationTests {
         for (arguments, mentions) in [
             (["--journal", "/tmp/opsbus-unused-journal", "--journal-fsync", "sometimes"], "--journal-fsync"),
             (["--journal", "/tmp/opsbus-unused-journal", "--batch-size", "0"], "--batch-size"),
+            (["--journal", "/tmp/opsbus-unused-journal", "--batch-writers", "9"], "--batch-writers"),
             (["--journal", "/tmp/opsbus-unused-journal", "--source", "stream:events:jobs"], "--source mqtt only"),
         ] {
             let result = try await run(try opsbusExecutable(), ["processor"] + arguments, environment: Self.environment())
