@@ -164,12 +164,7 @@ public final class JournalDrain: Sendable {
         var position = journal.committed
         var failures = 0
         outer: while true {
-            if journal.fsync == .batch { journal.sync() }
-            var batch: (entries: [JournalEntry], next: JournalPosition)
-            do {
-                batch = try journal.read(from: position, maxRecords: batchSize, maxBytes: Self.batchBytes)
-            } catch {
-                logger.error("cannot read the journal", metadata: ["error": "\(error)"])
+            guard let batch = readBatch(from: position) else {
                 if stopState.requested { break }
                 _ = wakeup.wait(timeout: .now() + 1)
                 continue
@@ -189,12 +184,7 @@ public final class JournalDrain: Sendable {
                 continue
             }
             // Write the batch, retrying the whole batch (idempotent) until it succeeds or the drain deadline passes.
-            // A batch is either all replayed records or none (see `JournalBatchSink.write`).
-            let replayed = batch.entries[0].position < replayEnd
-            if replayed, let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
-                batch = (Array(batch.entries[..<cut]), batch.entries[cut].position)
-            }
-            guard write(batch.entries, replayed: replayed, to: sink, failures: &failures) else {
+            guard write(batch.entries, replayed: batch.replayed, to: sink, failures: &failures) else {
                 logger.warning("stopping with unwritten journal records; they are written at the next start",
                     metadata: ["from": "\(position)"])
                 break outer
@@ -203,6 +193,27 @@ public final class JournalDrain: Sendable {
         }
         persistPendingCommit()
         finish()
+    }
+
+    /// The next batch after `position` (nil: the journal could not be read, logged). A batch is either all replayed
+    /// records or none (see `JournalBatchSink.write`).
+    private func readBatch(from position: JournalPosition)
+        -> (entries: [JournalEntry], next: JournalPosition, replayed: Bool)?
+    {
+        if journal.fsync == .batch { journal.sync() }
+        do {
+            let batch = try journal.read(from: position, maxRecords: batchSize, maxBytes: Self.batchBytes)
+            guard let first = batch.entries.first, first.position < replayEnd else {
+                return (batch.entries, batch.next, false)
+            }
+            if let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
+                return (Array(batch.entries[..<cut]), batch.entries[cut].position, true)
+            }
+            return (batch.entries, batch.next, true)
+        } catch {
+            logger.error("cannot read the journal", metadata: ["error": "\(error)"])
+            return nil
+        }
     }
 
     private func finish() {
@@ -268,21 +279,12 @@ public final class JournalDrain: Sendable {
                     break
                 }
             } else if inFlight.count < sinks.count {
-                if journal.fsync == .batch { journal.sync() }
-                var batch: (entries: [JournalEntry], next: JournalPosition)
-                do {
-                    batch = try journal.read(from: readPosition, maxRecords: batchSize, maxBytes: Self.batchBytes)
-                } catch {
-                    logger.error("cannot read the journal", metadata: ["error": "\(error)"])
+                guard let batch = readBatch(from: readPosition) else {
                     if stop.requested && inFlight.isEmpty { break }
                     _ = wakeup.wait(timeout: .now() + 1)
                     continue
                 }
                 if !batch.entries.isEmpty {
-                    let replayed = batch.entries[0].position < replayEnd
-                    if replayed, let cut = batch.entries.firstIndex(where: { $0.position >= replayEnd }) {
-                        batch = (Array(batch.entries[..<cut]), batch.entries[cut].position)
-                    }
                     var parts = Array(repeating: [JournalEntry](), count: sinks.count)
                     for entry in batch.entries {
                         let index = (partition?(entry.record) ?? 0) % sinks.count
@@ -292,7 +294,7 @@ public final class JournalDrain: Sendable {
                     handOff.withLock { state in
                         state.remaining[serial] = parts.filter { !$0.isEmpty }.count
                         for (index, part) in parts.enumerated() where !part.isEmpty {
-                            state.queues[index].append(QueuedPart(serial: serial, entries: part, replayed: replayed))
+                            state.queues[index].append(QueuedPart(serial: serial, entries: part, replayed: batch.replayed))
                         }
                     }
                     for (index, part) in parts.enumerated() where !part.isEmpty { work[index].signal() }

@@ -81,76 +81,66 @@ struct JournalDrainTests {
     /// Records 0, 3, 6, … go to writer 0 (of three), and so on.
     static let partition: @Sendable (JournalRecord) -> Int = { Int(String(decoding: $0.payload, as: UTF8.self))! }
 
-    @Test("three writers with uneven speeds: every record written exactly once, each partition in order, the committed position never passes an unwritten batch")
-    func everyRecordOnceAndCommitInOrder() async throws {
-        let path = Self.directory()
-        defer { try? FileManager.default.removeItem(atPath: path) }
+    /// Drains records `0..<count` through `sinks` made by `makeSink(index, journal, outcome)`, from `append` to the
+    /// drain's exit; returns the closed journal's directory (the caller removes it) and what the sinks saw.
+    static func drain(_ count: Int, writers: Int, batchSize: Int, drainTimeout: Duration,
+                      _ makeSink: (Int, Journal, Outcome) -> RecordingSink) async throws -> (path: String, outcome: Outcome) {
+        let path = directory()
         let journal = try Journal(directory: path)
         let outcome = Outcome()
-        // The first writer is slow, so later batches finish first.
-        let sinks = (0..<3).map { index in
-            RecordingSink(journal: journal, outcome: outcome,
-                          delay: { _ in index == 0 ? 0.03 : 0.002 })
-        }
-        let drain = JournalDrain(journal: journal, sinks: sinks, partition: Self.partition, batchSize: 7, drainTimeout: .seconds(30),
-                                 threadName: "test-drain", logger: Self.logger)
+        let sinks = (0..<writers).map { makeSink($0, journal, outcome) }
+        let drain = JournalDrain(journal: journal, sinks: sinks, partition: partition, batchSize: batchSize,
+                                 drainTimeout: drainTimeout, threadName: "test-drain", logger: logger)
         drain.start()
-        Self.append(0..<500, to: journal, drain: drain)
+        append(0..<count, to: journal, drain: drain)
         drain.requestStop()
         await drain.waitForExit()
-        #expect(outcome.written.withLock { $0 }.sorted() == Array(0..<500))
         #expect(outcome.violations.withLock { $0 }.isEmpty, "\(outcome.violations.withLock { $0 }.prefix(3))")
-        #expect(journal.committed == journal.appendedEnd, "everything written is committed")
         journal.close()
-        let reopened = try Journal(directory: path)
-        #expect(try reopened.read(from: reopened.committed, maxRecords: 10).entries.isEmpty, "nothing replayed")
-        reopened.close()
+        return (path, outcome)
+    }
+
+    /// The records a journal in `path` replays at its next open.
+    static func replayed(_ path: String) throws -> [Int] {
+        let journal = try Journal(directory: path)
+        defer { journal.close() }
+        return try journal.read(from: journal.committed, maxRecords: 1000).entries
+            .map { Int(String(decoding: $0.record.payload, as: UTF8.self))! }
+    }
+
+    @Test("three writers with uneven speeds: every record written exactly once, each partition in order, the committed position never passes an unwritten batch")
+    func everyRecordOnceAndCommitInOrder() async throws {
+        // The first writer is slow, so later parts finish first.
+        let (path, outcome) = try await Self.drain(500, writers: 3, batchSize: 7, drainTimeout: .seconds(30)) {
+            index, journal, outcome in
+            RecordingSink(journal: journal, outcome: outcome, delay: { _ in index == 0 ? 0.03 : 0.002 })
+        }
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        #expect(outcome.written.withLock { $0 }.sorted() == Array(0..<500))
+        #expect(try Self.replayed(path).isEmpty, "everything written is committed: nothing replayed")
     }
 
     @Test("a batch that fails is retried by its writer; the commit waits for it while later batches complete")
     func failedBatchRetriedCommitWaits() async throws {
-        let path = Self.directory()
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let journal = try Journal(directory: path)
-        let outcome = Outcome()
-        let sinks = (0..<2).map { _ in
+        let (path, outcome) = try await Self.drain(200, writers: 2, batchSize: 10, drainTimeout: .seconds(30)) {
+            _, journal, outcome in
             RecordingSink(journal: journal, outcome: outcome, failing: 40, failures: 3)
         }
-        let drain = JournalDrain(journal: journal, sinks: sinks, partition: Self.partition, batchSize: 10, drainTimeout: .seconds(30),
-                                 threadName: "test-drain", logger: Self.logger)
-        drain.start()
-        Self.append(0..<200, to: journal, drain: drain)
-        drain.requestStop()
-        await drain.waitForExit()
+        defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(outcome.written.withLock { $0 }.sorted() == Array(0..<200), "each record once, 40 after its retries")
-        #expect(outcome.violations.withLock { $0 }.isEmpty, "\(outcome.violations.withLock { $0 }.prefix(3))")
-        #expect(journal.committed == journal.appendedEnd)
-        journal.close()
+        #expect(try Self.replayed(path).isEmpty)
     }
 
     @Test("a stop whose deadline passes with a batch unwritable: the next start replays from that batch")
     func stopAtDeadlineReplaysFromTheUnwrittenBatch() async throws {
-        let path = Self.directory()
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let journal = try Journal(directory: path)
-        let outcome = Outcome()
-        let sinks = (0..<2).map { _ in
+        let (path, outcome) = try await Self.drain(60, writers: 2, batchSize: 10, drainTimeout: .milliseconds(500)) {
+            _, journal, outcome in
             RecordingSink(journal: journal, outcome: outcome, failing: 25)
         }
-        let drain = JournalDrain(journal: journal, sinks: sinks, partition: Self.partition, batchSize: 10, drainTimeout: .milliseconds(500),
-                                 threadName: "test-drain", logger: Self.logger)
-        drain.start()
-        Self.append(0..<60, to: journal, drain: drain)
-        drain.requestStop()
-        await drain.waitForExit()
-        #expect(outcome.violations.withLock { $0 }.isEmpty, "\(outcome.violations.withLock { $0 }.prefix(3))")
+        defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(!outcome.written.withLock { $0 }.contains(25))
-        journal.close()
-        let reopened = try Journal(directory: path)
-        let replayed = try reopened.read(from: reopened.committed, maxRecords: 100).entries
-            .map { Int(String(decoding: $0.record.payload, as: UTF8.self))! }
+        let replayed = try Self.replayed(path)
         #expect(replayed.first.map { $0 <= 25 } == true, "replay starts at or before the unwritten batch: \(replayed.prefix(3))")
         #expect(Set(replayed).union(outcome.written.withLock { Set($0) }) == Set(0..<60), "nothing is lost")
-        reopened.close()
     }
 }
