@@ -118,7 +118,7 @@ class Servers:
             try:
                 with open(self.mqtt_log) as f:
                     if any(f" {client_id} " in line for line in f):
-                        time.sleep(0.3)
+                        time.sleep(0.15)  # the SUBACK is on its way
                         return True
             except FileNotFoundError:
                 pass
@@ -249,13 +249,15 @@ class Bench:
                                "--client-id", "bench-pybridge", "--filter", filter_], log_name="pybridge.log")
             s.wait_subscribed("bench-pybridge")
             return [proc], (lambda: s.redis.xlen("events:jobs") >= events)
-        if kind in ("opsbus-processor", "opsbus-processor-batch"):
+        if kind in ("opsbus-processor", "opsbus-processor-batch", "opsbus-processor-batch1"):
             for n in range(1, instances + 1):
                 client = f"bench-proc-{n}"
                 argv = [self.tool("opsbus"), "processor", "--client-id", client, "--mqtt-url", s.mqtt_url,
                         "--redis-url", s.redis_url]
-                if kind == "opsbus-processor-batch":
+                if kind.startswith("opsbus-processor-batch"):
                     argv += ["--journal", tempfile.mkdtemp(prefix="processor-journal-", dir=self.work)]
+                if kind == "opsbus-processor-batch1":
+                    argv += ["--batch-writers", "1"]
                 if instances > 1:
                     argv += ["--group", "bench", "--instance", str(n)]
                 procs.append(self.spawn(argv, env={"OPSBUS_LOG_LEVEL": "error"}, log_name="processor.log"))
@@ -388,8 +390,11 @@ class Bench:
                  note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB; "
                       f"redis-server {statistics.median(self.figures(o, 'redis_cpu_us_per_event') or [0]):.0f} µs/ev")
         if python:
-            p = self.repeat("p", lambda run: self.delivery_run(f"{label}: Python bridge", run, "python-bridge", load,
-                                                                n, size=size))
+            # Half the events: it is a third as fast, and its rate is steady long before that.
+            pn = n // 2
+            pload = self.load_file("bridge", pn, size)
+            p = self.repeat("p", lambda run: self.delivery_run(f"{label}: Python bridge", run, "python-bridge", pload,
+                                                                pn, size=size))
             p_cpu = statistics.median(self.figures(p, "cpu_us_per_event") or [float("nan")])
             self.row(f"{label}, {n} ev: Python bridge (paho + redis-py)", self.figures(p), "C subscriber", limit,
                      cpu=p_cpu, note="baseline")
@@ -405,13 +410,20 @@ class Bench:
         limit = statistics.median(self.figures(c))
         self.row(f"processor mix, {events} ev: C subscriber QoS 1", self.figures(c),
                  cpu=statistics.median(self.figures(c, "cpu_us_per_event")), note="limit")
-        # One event at a time (no journal) once, for comparison; then batching behind a journal (--journal).
-        for kind, instances in (("opsbus-processor", 1), ("opsbus-processor-batch", 1), ("opsbus-processor-batch", 2),
-                                ("opsbus-processor-batch", 4)):
-            label = f"processor x{instances}" + (" batch" if kind.endswith("batch") else "")
-            o = self.repeat("o", lambda run: self.delivery_run(label, run, kind, load, events, instances=instances))
-            name = f"opsbus processor ×{instances}" + (", --journal (batches)" if kind.endswith("batch")
-                                                       else ", one event at a time")
+        # One event at a time (no journal), for comparison, on half the events (it is the slowest); batching behind
+        # a journal (--journal) with one writer, then with the default two writers per instance.
+        half = self.load_file("lifecycle", n // 2)
+        half_events = sum(1 for _ in open(half))
+        names = {"opsbus-processor": ("", "one event at a time"),
+                 "opsbus-processor-batch1": (" batch1", "--journal --batch-writers 1"),
+                 "opsbus-processor-batch": (" batch", "--journal (batches, 2 writers)")}
+        for kind, instances in (("opsbus-processor", 1), ("opsbus-processor-batch1", 1), ("opsbus-processor-batch", 1),
+                                ("opsbus-processor-batch", 2), ("opsbus-processor-batch", 4)):
+            label = f"processor x{instances}" + names[kind][0]
+            run_load, run_events = (half, half_events) if kind == "opsbus-processor" else (load, events)
+            o = self.repeat("o", lambda run: self.delivery_run(label, run, kind, run_load, run_events,
+                                                                instances=instances))
+            name = f"opsbus processor ×{instances}, {names[kind][1]}"
             self.row(f"processor mix: {name}", self.figures(o), "C subscriber", limit,
                      cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
                      note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total; "
@@ -632,7 +644,7 @@ def main():
     args = parser.parse_args()
     args.events = 10_000 if args.quick else 50_000
     args.processor_events = 5_500 if args.quick else 22_000
-    args.latency_seconds = 4 if args.quick else 8
+    args.latency_seconds = 4 if args.quick else 6
     if args.soak_minutes is None:
         args.soak_minutes = 1 if args.quick else 10
     if args.soak_rate is None:
