@@ -19,6 +19,8 @@ let package = Package(
                 "OpsBusCore", "OpsBusMQTT", "OpsBusRedis", "OpsBusSpool", "OpsBusJournal", "OpsBusPublisher",
                 "OpsBusProcessor", "OpsBusBridge", "OpsBusHTTP",
             ]),
+        /// The pure core alone (envelope, topics, policies): what the micro benchmarks measure, without the rest.
+        .library(name: "OpsBusCore", targets: ["OpsBusCore"]),
         .executable(name: "opsbus", targets: ["opsbus"]),
     ],
     dependencies: [

@@ -571,6 +571,18 @@ class Soak:
                                  env={"OPSBUS_LOG_LEVEL": "error"}, log_name="soak.log")
         s.wait_subscribed("soak-bridge")
         s.wait_subscribed("soak-proc")
+        # Warm-up: a burst at full speed first, so that the allocators' high-water marks (full batches, as when
+        # the box is busy and the services fall behind) are reached before the steady-start sample; growth after
+        # that is what a leak would show, not the first busy minute of the foreground.
+        self.burst = 10_000 if not b.args.quick else 2_000
+        burst_load = b.load_file("lifecycle", self.burst)
+        self.burst = sum(1 for _ in open(burst_load))
+        subprocess.run([b.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", burst_load, "-n", str(self.burst), "-q", "1",
+                        "-w", "2000"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True, timeout=120)
+        if (b.wait_until(lambda: s.redis.xlen("events:jobs") >= self.burst, 120) is None or
+                b.wait_until(lambda: int(s.redis.hget("opsbus:stats", "events_received") or 0) >= self.burst, 120)
+                is None):
+            raise RuntimeError("the soak's warm-up burst was not taken in")
         self.publisher = subprocess.Popen([b.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n",
                                            str(self.events), "-r", str(self.rate)],
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -598,8 +610,9 @@ class Soak:
             log(f"waiting for the soak to end ({self.minutes * 60 - (time.time() - self.t0):.0f} s left)")
         self.publisher.wait()
         self.sampler.join()
-        caught_up = (b.wait_until(lambda: s.redis.xlen("events:jobs") >= n, 60) is not None and
-                     b.wait_until(lambda: int(s.redis.hget("opsbus:stats", "events_received") or 0) >= n, 120)
+        total = n + self.burst
+        caught_up = (b.wait_until(lambda: s.redis.xlen("events:jobs") >= total, 60) is not None and
+                     b.wait_until(lambda: int(s.redis.hget("opsbus:stats", "events_received") or 0) >= total, 120)
                      is not None)
         cpu1 = (proc_cpu(self.bridge.pid), proc_cpu(self.processor.pid))
         for p in (self.bridge, self.processor):
@@ -615,7 +628,7 @@ class Soak:
             return (samples[-1][index] - base) / base * 100, base, samples[-1][index], max(x[index] for x in samples)
         bridge, processor = growth(1), growth(2)
         cpu = [(cpu1[i] - self.cpu0[i]) * 1e6 / n for i in (0, 1)]
-        b.record("soak", 1, minutes=self.minutes, rate=self.rate, events=n, samples=samples,
+        b.record("soak", 1, minutes=self.minutes, rate=self.rate, events=n, warmup_burst=self.burst, samples=samples,
                  bridge_growth_pct=bridge[0], processor_growth_pct=processor[0], bridge_rss_max=bridge[3],
                  processor_rss_max=processor[3], bridge_cpu_us_per_event=cpu[0], processor_cpu_us_per_event=cpu[1],
                  background=not b.args.soak_alone)

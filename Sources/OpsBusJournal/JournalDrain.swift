@@ -6,7 +6,8 @@ import Synchronization
 ///
 /// With one sink, all calls come from the drain's one thread, in journal order. With several (the processor), each
 /// sink is called from its own writer thread only, with the records of its partition in journal order; records of
-/// different partitions may be written in any order, and `committed` is not called.
+/// different partitions may be written in any order, `idle()` is called after 200 ms without a part to write, and
+/// `committed` is not called.
 public protocol JournalBatchSink: AnyObject, Sendable {
     /// Writes one batch. Throwing means "nothing is known to be done": the drain retries the *same* batch with
     /// backoff, so a write must be idempotent (records that did reach Redis are recognised by their ids).
@@ -325,8 +326,11 @@ public final class JournalDrain: Sendable {
     }
 
     /// One writer thread of several: take the next part of its partition, write it (retrying), report it, repeat.
+    /// Once it gave a part up at the stop deadline, it gives up every later part of its partition unwritten too: a
+    /// later one written before the replay of the earlier would break the partition's order.
     private func writerMain(_ index: Int, _ sink: any JournalBatchSink) {
         var failures = 0
+        var abandoned = false
         while true {
             if work[index].wait(timeout: .now() + .milliseconds(200)) == .timedOut {
                 sink.idle()
@@ -337,7 +341,8 @@ public final class JournalDrain: Sendable {
             }
             if exit { break }
             guard let part else { continue }
-            let written = write(part.entries, replayed: part.replayed, to: sink, failures: &failures)
+            let written = !abandoned && write(part.entries, replayed: part.replayed, to: sink, failures: &failures)
+            abandoned = !written
             handOff.withLock { state in
                 state.remaining[part.serial, default: 1] -= 1
                 if !written { state.gaveUp.insert(part.serial) }

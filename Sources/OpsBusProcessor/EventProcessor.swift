@@ -20,8 +20,8 @@ import Synchronization
 /// and returns (a `kill -9` after the `write(2)` loses nothing: the bytes are the kernel's), and a drain thread
 /// applies the journal in batches, one round trip and one script call per batch (`BatchApplyScript`): the per-call
 /// cost in Redis, not the round trip, bounded the synchronous path (BENCHMARKS.md). `writers` connections apply
-/// the parts of consecutive batches concurrently, each the events of its share of the entities (`partition`), so
-/// Redis runs one part while the next is sent and one entity's events stay in journal order. The journal is
+/// the parts of consecutive batches concurrently, each the events of its share of the subjects (`partition`), so
+/// Redis runs one part while the next is sent and one job's or worker's events stay in journal order. The journal is
 /// committed only up to the first batch not yet wholly applied. Redis down: the journal absorbs messages up to its
 /// size, then the handler refuses them and the broker keeps them.
 public final class EventProcessor: Sendable {
@@ -85,7 +85,8 @@ public final class EventProcessor: Sendable {
             }
             let drain = JournalDrain(
                 journal: journal, sinks: ([applier] + extraAppliers).map { BatchSink(applier: $0, metrics: metrics) },
-                partition: { Self.partition(ofTopic: $0.topic) }, batchSize: settings.batchSize, drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
+                partition: { [scheme = configuration.scheme] in Self.partition(ofTopic: $0.topic, scheme: scheme) },
+                batchSize: settings.batchSize, drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
                 threadName: "opsbus-processor-drain", logger: logger)
             batching = Batching(
                 journal: journal, drain: drain, admission: JournalAdmission(journal: journal, drain: drain, logger: logger),
@@ -116,15 +117,15 @@ public final class EventProcessor: Sendable {
         }
     }
 
-    /// The batching drain's writer of a message: a hash of its topic without the last level (`jobs/<id>`,
-    /// `workers/<id>`, …), so the events of one entity are applied in journal order by one writer. The state is
-    /// order-proof across entities (as it is across a shared-subscription group), but not everything within one job
-    /// is: a `job.received` asking for notifications must be applied before the `job.started` it should notify of.
-    static func partition(ofTopic topic: String) -> Int {
+    /// The batching drain's writer of a message: a hash of its topic's subject (`jobs/<id>/…`, `workers/<id>/…`,
+    /// `resources/<id>/…`, `triggers/<action>/<id>`; the whole topic when it does not parse), so the events of one
+    /// job or worker are applied in journal order by one writer. The state is order-proof across subjects (as it is
+    /// across a shared-subscription group), but not everything within one is: a `job.received` asking for
+    /// notifications must be applied before the `job.started` it should notify of.
+    static func partition(ofTopic topic: String, scheme: TopicScheme) -> Int {
+        let key = (try? scheme.parse(topic).subject.rawValue) ?? topic
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        let bytes = topic.utf8
-        let end = bytes.lastIndex(of: UInt8(ascii: "/")) ?? bytes.endIndex
-        for byte in bytes[..<end] {
+        for byte in key.utf8 {
             hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
         }
         return Int(truncatingIfNeeded: hash >> 1)
