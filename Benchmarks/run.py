@@ -6,6 +6,9 @@ of an earlier run queues messages behind the next), one redis-server flushed bet
 a rate (events/s) or a latency; the table shows the median and the spread (min–max) of the runs, the limit or
 baseline measured in the same invocation, their ratio, and CPU µs per event of the opsbus process (user + sys from
 /proc/<pid>/stat over the run, divided by the events). Each run is also one JSON line in .bench/results-<ts>.jsonl.
+
+The soak (bridge + batching processor at a steady rate for 10 minutes, RSS every 10 s) runs on servers of its own
+in the background of the other scenarios, so that the whole run fits in 15 minutes (`--soak-alone`: after them).
 """
 import argparse
 import json
