@@ -129,6 +129,17 @@ public final class Spool: Sendable {
         }
     }
 
+    /// The sender's read: live records of `sessionID` after `afterSeq`, each with its `declaredGapStart`, in one
+    /// lock round (a read per record contended with the publishing tasks' appends).
+    public func pendingToSend(sessionID: String, afterSeq: UInt64, limit: Int) -> [(record: SpoolRecord, gapStart: UInt64?)] {
+        guard limit > 0 else { return [] }
+        return core.read { store in
+            guard let session = store.index.sessions[sessionID] else { return [] }
+            let start = session.lowerBound(afterSeq == .max ? afterSeq : afterSeq + 1)
+            return session.entries[start...].prefix(limit).map { ($0.record, session.gapStart(before: $0.record.seq)) }
+        }
+    }
+
     /// Sessions with live records, the one with the oldest record first.
     public func pendingSessions() -> [String] {
         core.read { $0.index.orderedSessions().map(\.id) }

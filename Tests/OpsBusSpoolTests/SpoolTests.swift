@@ -329,6 +329,10 @@ struct SpoolOverflowTests {
             #expect(spool.declaredGapStart(sessionID: "s", before: firstSurvivor + 1) == nil)
             #expect(spool.declaredGapStart(sessionID: "s", before: 5) == nil)
             #expect(spool.declaredGapStart(sessionID: "other", before: 5) == nil)
+            // The sender's batch read carries the same gap starts as one read per record.
+            let toSend = spool.pendingToSend(sessionID: "s", afterSeq: 3, limit: 5)
+            #expect(toSend.map(\.record.seq) == [4, 5, firstSurvivor, firstSurvivor + 1, firstSurvivor + 2])
+            #expect(toSend.map(\.gapStart) == [nil, nil, 5, nil, nil])
             spool.close()
         }
         let spool = try Spool.open(configuration(directory, maxBytes: Self.small))

@@ -259,13 +259,14 @@ final class SpooledDelivery: Sendable {
             if options.acknowledgement == .bridge && !progress.subscribed { continue }
             let room = options.window - state.withLock { $0.inFlight }
             guard room > 0 else { return }
-            let records = spool.pending(sessionID: session, afterSeq: progress.sentThrough, limit: room)
+            let records = spool.pendingToSend(sessionID: session, afterSeq: progress.sentThrough, limit: room)
             // Everything below the session's oldest spooled record is settled (acknowledged by the bridge, or
             // dropped and declared): that record tells a bridge that forgot the session where to resume.
             let oldest = options.acknowledgement == .bridge && records.first != nil
                 ? spool.pending(sessionID: session, limit: 1).first?.seq : nil
-            for record in records {
-                let payload = wirePayload(record, resumeAfter: record.seq == oldest && record.seq > 1 ? record.seq - 1 : nil)
+            for (record, gapStart) in records {
+                let payload = wirePayload(record, gapStart: gapStart,
+                                          resumeAfter: record.seq == oldest && record.seq > 1 ? record.seq - 1 : nil)
                 let seq = record.seq
                 do throws(MQTTError) {
                     try client.enqueuePublish(
@@ -294,10 +295,9 @@ final class SpooledDelivery: Sendable {
         }
     }
 
-    /// The payload as sent: as spooled, plus `prev_seq` when the spool dropped the events just before it, and
-    /// `resume_after` on the session's oldest spooled record.
-    private func wirePayload(_ record: SpoolRecord, resumeAfter: UInt64?) -> [UInt8] {
-        let gapStart = spool.declaredGapStart(sessionID: record.sessionID, before: record.seq)
+    /// The payload as sent: as spooled, plus `prev_seq` when the spool dropped the events just before it
+    /// (`gapStart`, read with the record), and `resume_after` on the session's oldest spooled record.
+    private func wirePayload(_ record: SpoolRecord, gapStart: UInt64?, resumeAfter: UInt64?) -> [UInt8] {
         guard gapStart != nil || resumeAfter != nil, var envelope = try? EventEnvelope.decode(record.payload)
         else { return record.payload }
         if let gapStart { envelope.prevSeq = gapStart }
