@@ -30,13 +30,18 @@ final class TestServers: Sendable {
     }
 }
 
-/// Polls `condition` until it holds or `timeout` passes; the machine is shared and slow, so deadlines are generous
-/// and nothing here measures speed.
+/// Multiplies every `waitUntil` deadline: `OPSBUS_TEST_WAIT_SCALE`, default 2. When the whole suite starts at once on
+/// 2 cores (about 180 servers and 90 suites), single tests that take 5 s alone were measured taking over 60 s; a
+/// wait that only fails when the machine stalls is a flake, not a finding. A real failure still fails, later.
+let waitScale: Double = ProcessInfo.processInfo.environment["OPSBUS_TEST_WAIT_SCALE"].flatMap(Double.init) ?? 2
+
+/// Polls `condition` until it holds or `timeout` × `waitScale` passes; the machine is shared and slow, so deadlines
+/// are generous and nothing here measures speed.
 /// The default deadline is long on purpose: CI machines have 2 cores shared by many concurrent test servers, and a
 /// condition that holds returns at once anyway.
 func waitUntil(timeout: Double = 60, _ description: String = "condition",
                _ condition: () throws -> Bool) async throws -> Bool {
-    let deadline = Date().addingTimeInterval(timeout)
+    let deadline = Date().addingTimeInterval(timeout * waitScale)
     while Date() < deadline {
         if try condition() { return true }
         try await Task.sleep(for: .milliseconds(50))
