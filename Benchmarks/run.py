@@ -548,8 +548,8 @@ class Soak:
     """Bridge + batching processor under a steady offered load for `minutes`, on servers of its own, with RSS
     sampled every 10 s. By default it runs in the background of the other scenarios: the issue's 10-minute soak and
     every other scenario fit in its 15-minute budget only side by side on this 2-core box. Its figures (RSS growth,
-    CPU per event) do not depend on the foreground; the foreground's do depend on it a little, equally for opsbus and
-    for its limits (BENCHMARKS.md gives the measured effect). `--soak-alone` runs it after everything else instead."""
+    CPU per event) do not depend on the foreground; the foreground's depend on it, most the processor's, which needs
+    both cores (BENCHMARKS.md gives the measured effect). `--soak-alone` runs it after everything else instead."""
 
     def __init__(self, bench, minutes, rate):
         self.bench, self.minutes, self.rate = bench, minutes, rate
