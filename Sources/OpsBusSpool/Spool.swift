@@ -116,6 +116,14 @@ public final class Spool: Sendable {
         try core.mutate { (store) throws(SpoolError) in try store.remove(sessionID: sessionID, seq: seq, reason: .acknowledged) }
     }
 
+    /// Removes several records (broker-ack mode: a batch of PUBACKs) in one lock round and one log write. Returns
+    /// how many were there.
+    @discardableResult
+    public func remove(records: [(sessionID: String, seq: UInt64)]) throws(SpoolError) -> Int {
+        guard !records.isEmpty else { return 0 }
+        return try core.mutate { (store) throws(SpoolError) in try store.remove(records, reason: .acknowledged) }
+    }
+
     /// Live records in append order: of one session (seq > `afterSeq`), or of all (`afterSeq` applies per session).
     public func pending(sessionID: String? = nil, afterSeq: UInt64 = 0, limit: Int = .max) -> [SpoolRecord] {
         guard limit > 0 else { return [] }

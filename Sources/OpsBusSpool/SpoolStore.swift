@@ -181,6 +181,24 @@ struct SpoolStore {
         return true
     }
 
+    /// Removes several records with one log marker (one write instead of one per record); missing ones are skipped.
+    /// Returns how many were there.
+    mutating func remove(_ records: [(sessionID: String, seq: UInt64)], reason: RemovalReason) throws(SpoolError) -> Int {
+        var removals: [Removal] = []
+        var seen = Set<Removal>()
+        for (sessionID, seq) in records {
+            guard let session = index.sessions[sessionID] else { continue }
+            let position = session.lowerBound(seq)
+            guard position < session.entries.count, session.entries[position].record.seq == seq else { continue }
+            let removal = Removal(sessionID: sessionID, seq: seq, reason: reason)
+            if seen.insert(removal).inserted { removals.append(removal) }
+        }
+        guard !removals.isEmpty else { return 0 }
+        try writeMarker(.removal(removals))
+        afterRemoval()
+        return removals.count
+    }
+
     /// Deletes segments that no longer hold live records, and ends an overflow episode once the spool is half empty.
     mutating func afterRemoval() {
         deleteDeadPrefix()

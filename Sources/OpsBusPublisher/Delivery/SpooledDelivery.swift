@@ -117,8 +117,16 @@ final class SpooledDelivery: Sendable {
         }
         let sender = Task { [self] in
             for await _ in wakes {
+                // Records the broker acknowledged leave the spool together: one lock round and one log write for
+                // everything this wake brought, not one per PUBACK against the publishing tasks' appends.
+                var acknowledged: [(sessionID: String, seq: UInt64)] = []
                 for event in queue.withLock({ q in defer { q.removeAll(keepingCapacity: true) }; return q }) {
-                    handle(event)
+                    handle(event, brokerAcknowledged: &acknowledged)
+                }
+                do {
+                    try spool.remove(records: acknowledged)
+                } catch {
+                    logger.error("could not remove acknowledged events from the spool", metadata: ["error": "\(error)"])
                 }
                 await subscribeAckTopics()
                 pump()
@@ -185,7 +193,7 @@ final class SpooledDelivery: Sendable {
 
     // MARK: - Sender (one task: every decision below runs on it, in order)
 
-    private func handle(_ event: Signal) {
+    private func handle(_ event: Signal, brokerAcknowledged: inout [(sessionID: String, seq: UInt64)]) {
         switch event {
         case .wake:
             break
@@ -212,11 +220,7 @@ final class SpooledDelivery: Sendable {
                 if let outstanding = s.sessions[session]?.outstanding { s.sessions[session]?.outstanding = max(0, outstanding - 1) }
             }
             guard success, options.acknowledgement == .broker else { return }
-            do {
-                try spool.remove(sessionID: session, seq: seq)
-            } catch {
-                logger.error("could not remove an acknowledged event from the spool", metadata: ["error": "\(error)"])
-            }
+            brokerAcknowledged.append((session, seq))
             state.withLock { s in
                 if var progress = s.sessions[session] {
                     progress.acked = max(progress.acked, seq)
