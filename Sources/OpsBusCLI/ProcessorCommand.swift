@@ -22,7 +22,7 @@ struct ProcessorCommand: AsyncParsableCommand {
             Batching (--journal DIR or OPSBUS_PROCESSOR_JOURNAL): each message is appended to a local journal \
             before the broker gets its PUBACK (kill -9 still loses nothing), and a drain thread applies the journal \
             to Redis in batches of up to --batch-size events, one round trip and one script call per batch, over \
-            --batch-writers connections that each take a share of the entities (one job's events stay in order): \
+            --batch-writers connections that each take a share of the publisher sessions (each keeps its order): \
             about 3 times the one-at-a-time throughput (BENCHMARKS.md). Same atomic, idempotent state. While \
             Redis is down the journal grows up to 1 GiB, then messages are refused and the broker keeps them. One \
             journal directory per instance; keep it on storage that outlives the process.
@@ -94,7 +94,7 @@ struct ProcessorCommand: AsyncParsableCommand {
     @Option(help: "Events per Redis script call with --journal (1-1000).")
     var batchSize: Int = 128
 
-    @Option(help: "Redis connections applying --journal batches at once, each for its share of the jobs and workers (1-8); one entity's events always keep their order.")
+    @Option(help: "Redis connections applying --journal batches at once, each for its share of the publisher sessions (1-8); one publisher's events always keep their order.")
     var batchWriters: Int = 2
 
     @Option(help: "When to fsync the --journal: always (survives OS crashes, one flush per message), batch, never (default; survives process crashes).")

@@ -37,7 +37,7 @@ extension JournalBatchSink {
 /// passes; nothing is committed before it succeeded.
 ///
 /// With several sinks, the drain thread reads ahead, splits each batch by `partition` (for the processor: the
-/// topic's subject, so one job's events stay in order) and hands each part to its partition's writer thread,
+/// publisher session, so what one publisher sent stays in order) and hands each part to its partition's writer thread,
 /// so Redis runs one part while the next is prepared and sent. Parts of different partitions complete in any order;
 /// the committed position only moves past a batch once every part of it and of every batch before it is written.
 public final class JournalDrain: Sendable {

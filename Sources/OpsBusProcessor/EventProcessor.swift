@@ -20,8 +20,8 @@ import Synchronization
 /// and returns (a `kill -9` after the `write(2)` loses nothing: the bytes are the kernel's), and a drain thread
 /// applies the journal in batches, one round trip and one script call per batch (`BatchApplyScript`): the per-call
 /// cost in Redis, not the round trip, bounded the synchronous path (BENCHMARKS.md). `writers` connections apply
-/// the parts of consecutive batches concurrently, each the events of its share of the subjects (`partition`), so
-/// Redis runs one part while the next is sent and one job's or worker's events stay in journal order. The journal is
+/// the parts of consecutive batches concurrently, each the events of its share of the publisher sessions
+/// (`partition`), so Redis runs one part while the next is sent and what one publisher sent stays in journal order. The journal is
 /// committed only up to the first batch not yet wholly applied. Redis down: the journal absorbs messages up to its
 /// size, then the handler refuses them and the broker keeps them.
 public final class EventProcessor: Sendable {
@@ -85,7 +85,7 @@ public final class EventProcessor: Sendable {
             }
             let drain = JournalDrain(
                 journal: journal, sinks: ([applier] + extraAppliers).map { BatchSink(applier: $0, metrics: metrics) },
-                partition: { [scheme = configuration.scheme] in Self.partition(ofTopic: $0.topic, scheme: scheme) },
+                partition: { [scheme = configuration.scheme] in Self.partition($0.topic, $0.payload, scheme: scheme) },
                 batchSize: settings.batchSize, drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
                 threadName: "opsbus-processor-drain", logger: logger)
             batching = Batching(
@@ -117,18 +117,50 @@ public final class EventProcessor: Sendable {
         }
     }
 
-    /// The batching drain's writer of a message: a hash of its topic's subject (`jobs/<id>/…`, `workers/<id>/…`,
-    /// `resources/<id>/…`, `triggers/<action>/<id>`; the whole topic when it does not parse), so the events of one
-    /// job or worker are applied in journal order by one writer. The state is order-proof across subjects (as it is
-    /// across a shared-subscription group), but not everything within one is: a `job.received` asking for
-    /// notifications must be applied before the `job.started` it should notify of.
-    static func partition(ofTopic topic: String, scheme: TopicScheme) -> Int {
-        let key = (try? scheme.parse(topic).subject.rawValue) ?? topic
+    /// The batching drain's writer of a message: a hash of its `session_id` (one publisher connection, the unit
+    /// whose order MQTT keeps), else of its topic's subject (`jobs/<id>/…`, `workers/<id>/…`), else of its topic. So
+    /// what one publisher sent is applied in the order it arrived, as with one writer: a `job.received` asking for
+    /// notifications before the `job.started` it should notify of, and each session's `seq` in order, so gap
+    /// counts are what one writer would count. Order across publishers is the broker's interleaving either way.
+    static func partition(_ topic: String, _ payload: [UInt8], scheme: TopicScheme) -> Int {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325  // FNV-1a
-        for byte in key.utf8 {
-            hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3
+        func mix<Bytes: Sequence<UInt8>>(_ bytes: Bytes) {
+            for byte in bytes { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+        }
+        if let session = sessionID(in: payload) {
+            mix(payload[session])
+        } else if let subject = try? scheme.parse(topic).subject.rawValue {
+            mix(subject.utf8)
+        } else {
+            mix(topic.utf8)
         }
         return Int(truncatingIfNeeded: hash >> 1)
+    }
+
+    /// The bytes of the first `"session_id": "…"` string in a JSON payload, found without parsing it (the drain's
+    /// read-ahead thread does this for every message). Only a partition key: a payload that fools it (the text
+    /// inside another string) only changes which writer applies it.
+    static func sessionID(in payload: [UInt8]) -> Range<Int>? {
+        let key = Array(#""session_id""#.utf8)
+        guard payload.count > key.count else { return nil }
+        var index = 0
+        while index + key.count <= payload.count {
+            guard payload[index] == key[0], payload[index..<index + key.count].elementsEqual(key) else {
+                index += 1
+                continue
+            }
+            var cursor = index + key.count
+            func skipSpaces() { while cursor < payload.count, payload[cursor] == 0x20 { cursor += 1 } }
+            skipSpaces()
+            guard cursor < payload.count, payload[cursor] == UInt8(ascii: ":") else { index += 1; continue }
+            cursor += 1
+            skipSpaces()
+            guard cursor < payload.count, payload[cursor] == UInt8(ascii: "\"") else { return nil }
+            let start = cursor + 1
+            guard let end = payload[start...].firstIndex(of: UInt8(ascii: "\"")), end > start else { return nil }
+            return start..<end
+        }
+        return nil
     }
 
     /// Counters since start (received, applied, duplicates, dead letters …).

@@ -109,9 +109,9 @@ public struct ProcessorJournal: Sendable, Equatable {
     public var maxBytes: Int64 = 1 << 30
     /// Events per script call. Larger batches cost fewer calls per event but hold Redis longer per call.
     public var batchSize: Int = 128
-    /// Redis connections applying the journal's batches at once, each for its share of the subjects (jobs,
-    /// workers, …): with 2, Redis runs one part while the next is prepared and sent. One subject's events keep
-    /// their journal order whatever the number; with 1, everything does.
+    /// Redis connections applying the journal's batches at once, each for its share of the publisher sessions:
+    /// with 2, Redis runs one part while the next is prepared and sent. One publisher's events keep their journal
+    /// order whatever the number; with 1, everything does.
     public var writers: Int = 2
     public var fsync: JournalFsync = .never
     /// On stop, how long the drain keeps applying what is journaled (the rest is applied at the next start).
