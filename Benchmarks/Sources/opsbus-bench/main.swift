@@ -73,6 +73,13 @@ func generate(_ arguments: Arguments) {
         machineID: Identifier(rawValue: "bench-machine"), workerID: Identifier(rawValue: "bench-worker"),
         serviceType: "comfyui", connectorID: "bench")
     let factory = EventFactory(context: context)
+    // The lifecycle mix comes from 16 workers, each its own publisher session, as on a real platform (the batching
+    // processor keeps each session's order and spreads sessions over its writers).
+    let workerFactories = (0..<16).map { index in
+        EventFactory(context: PublisherContext(
+            machineID: Identifier(rawValue: "bench-machine"), workerID: Identifier(rawValue: "gpu-\(index)"),
+            serviceType: "comfyui", connectorID: "bench"))
+    }
     _ = FileManager.default.createFile(atPath: out, contents: nil)
     guard let handle = FileHandle(forWritingAtPath: out) else { fail("cannot write \(out)") }
     var buffer = [UInt8]()
@@ -89,7 +96,8 @@ func generate(_ arguments: Arguments) {
             buffer.removeAll(keepingCapacity: true)
         }
     }
-    func prepare(_ type: EventType, _ fields: JSONObject, job: String, attempt: Int = 1) -> EventFactory.Prepared {
+    func prepare(_ type: EventType, _ fields: JSONObject, job: String, attempt: Int = 1,
+                 by factory: EventFactory = factory) -> EventFactory.Prepared {
         do {
             return try factory.prepare(
                 type, fields: fields, subject: Identifier(rawValue: job),
@@ -129,6 +137,7 @@ func generate(_ arguments: Arguments) {
     case "lifecycle":
         // Realistic mix: received, started, `progress` × progress, completed (or failed every `failed-every`-th
         // job), with 100 jobs in flight at a time, interleaved the way concurrent workers interleave.
+        let prepareEvent = prepare
         let perJob = 3 + progressSteps
         let jobCount = max(1, events / perJob)
         let inFlight = min(100, jobCount)
@@ -139,6 +148,9 @@ func generate(_ arguments: Arguments) {
                 for index in batch {
                     let job = "job-\(runID)-\(index)"
                     let worker = "gpu-\(index % 16)"
+                    func prepare(_ type: EventType, _ fields: JSONObject, job: String) -> EventFactory.Prepared {
+                        prepareEvent(type, fields, job, 1, workerFactories[index % 16])
+                    }
                     switch step {
                     case 0:
                         write(prepare(.jobReceived, ["queue_position": .int(Int64(index % 50)),
