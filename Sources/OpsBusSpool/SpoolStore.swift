@@ -173,12 +173,7 @@ struct SpoolStore {
     }
 
     mutating func remove(sessionID: String, seq: UInt64, reason: RemovalReason) throws(SpoolError) -> Bool {
-        guard let session = index.sessions[sessionID] else { return false }
-        let position = session.lowerBound(seq)
-        guard position < session.entries.count, session.entries[position].record.seq == seq else { return false }
-        try writeMarker(.removal([Removal(sessionID: sessionID, seq: seq, reason: reason)]))
-        afterRemoval()
-        return true
+        try remove([(sessionID, seq)], reason: reason) == 1
     }
 
     /// Removes several records with one log marker (one write instead of one per record); missing ones are skipped.
