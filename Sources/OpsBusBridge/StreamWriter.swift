@@ -104,6 +104,41 @@ final class StreamWriter: JournalBatchSink, @unchecked Sendable {
         if reply?.int != nil { recordedAcks = acksPublished }
     }
 
+    /// One reply per plan, as one `append` call per record would have given it. A batch call that failed as a whole
+    /// for a lasting reason has its records go one `append` call each, so each gets its own reply.
+    /// A transient error (OOM, READONLY …; `RedisReply.transientErrorCodes`), of a whole call or of one record,
+    /// throws: the drain retries the batch with backoff while the records wait in the journal (what was written
+    /// before is a duplicate then). Dead-lettering them would lose them, since the dead letter fails the same way.
+    private func recordReplies(_ plans: [PlannedWrite], calls: [Range<Int>], replies: ArraySlice<RedisReply>,
+                               _ connection: RedisConnection) throws(RedisError) -> [RedisReply] {
+        var result: [RedisReply] = []
+        result.reserveCapacity(plans.count)
+        for (call, reply) in zip(calls, replies) {
+            if plans[call.lowerBound].session != nil {
+                result.append(reply)
+            } else if let elements = reply.array, elements.count == call.count {
+                result += elements.map(BridgeScripts.recordReply)
+            } else if let message = reply.errorMessage, !RedisReply.isTransient(errorMessage: message) {
+                logger.warning("a batch call failed; writing its records one by one", metadata: ["error": "\(message)"])
+                var single = connection.makePipeline()
+                for plan in plans[call] {
+                    let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
+                    single.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
+                }
+                result += try single.execute()
+            } else {
+                result.append(reply)
+            }
+        }
+        for reply in result {
+            let message = reply.errorMessage ?? (reply.array?.first?.string == "e" ? reply.array?.last?.string : nil)
+            if let message, RedisReply.isTransient(errorMessage: message) {
+                throw RedisError.server(message: message, command: "EVALSHA \(BridgeScripts.appendBatch.name)")
+            }
+        }
+        return result
+    }
+
     /// One pipeline for the batch; Redis-rejected records are dead-lettered in a second pipeline. Then the acks.
     private func write(_ entries: [JournalEntry], _ connection: RedisConnection) throws(RedisError) {
         let plans = entries.map {
@@ -112,15 +147,27 @@ final class StreamWriter: JournalBatchSink, @unchecked Sendable {
         var pipeline = connection.makePipeline()
         var trims: [String: Int?] = [:]
         var trimOrder: [String] = []
-        for plan in plans {
-            if let session = plan.session {
-                let (keys, arguments) = BridgeScripts.sessionArguments(plan, session, configuration: configuration)
+        for plan in plans where trims.updateValue(plan.maxAgeSeconds, forKey: plan.stream) == nil {
+            trimOrder.append(plan.stream)
+        }
+        // In journal order: each session write on its own (`appendInSession`), each run of other writes in
+        // `appendBatch` calls of up to `recordsPerBatchCall` records.
+        var calls: [Range<Int>] = []
+        var start = 0
+        while start < plans.count {
+            if let session = plans[start].session {
+                let (keys, arguments) = BridgeScripts.sessionArguments(plans[start], session, configuration: configuration)
                 pipeline.appendEvaluate(BridgeScripts.appendInSession, keys: keys, arguments: arguments)
-            } else {
-                let (keys, arguments) = BridgeScripts.arguments(plan, statsKey: configuration.statsKey)
-                pipeline.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
+                calls.append(start..<start + 1)
+                start += 1
+                continue
             }
-            if trims.updateValue(plan.maxAgeSeconds, forKey: plan.stream) == nil { trimOrder.append(plan.stream) }
+            var end = start + 1
+            while end < plans.count, end - start < BridgeScripts.recordsPerBatchCall, plans[end].session == nil { end += 1 }
+            let (keys, arguments) = BridgeScripts.batchArguments(plans[start..<end], statsKey: configuration.statsKey)
+            pipeline.appendEvaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments)
+            calls.append(start..<end)
+            start = end
         }
         // Housekeeping once per stream per batch, after its appends, in the same round trip.
         for stream in trimOrder {
@@ -137,12 +184,12 @@ final class StreamWriter: JournalBatchSink, @unchecked Sendable {
         // script slot answer NOSCRIPT; `RedisPipeline` re-runs exactly those, in slot order, so the order holds.
         let allReplies = try pipeline.execute()
         recordedAcks = acksPublished
-        for (stream, reply) in zip(trimOrder, allReplies.dropFirst(plans.count)) {
+        for (stream, reply) in zip(trimOrder, allReplies.dropFirst(calls.count)) {
             if case .error(let message) = reply {
                 logger.warning("trimming failed", metadata: ["stream": "\(stream)", "error": "\(message)"])
             }
         }
-        let replies = Array(allReplies.prefix(plans.count))
+        let replies = try recordReplies(plans, calls: calls, replies: allReplies.prefix(calls.count), connection)
         var written = 0
         var perStream: [String: Int] = [:]
         var duplicates = 0
@@ -223,6 +270,9 @@ final class StreamWriter: JournalBatchSink, @unchecked Sendable {
                 retry.appendEvaluate(BridgeScripts.append, keys: keys, arguments: arguments)
             }
             for (plan, reply) in zip(rejected, try retry.execute()) {
+                if let message = reply.errorMessage, RedisReply.isTransient(errorMessage: message) {
+                    throw RedisError.server(message: message, command: "EVALSHA \(BridgeScripts.append.name)")
+                }
                 if case .error(let message) = reply {
                     logger.error("Redis rejected a dead letter; dropping it",
                         metadata: ["stream": "\(plan.stream)", "error": "\(message)"])

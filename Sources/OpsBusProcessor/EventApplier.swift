@@ -328,15 +328,8 @@ final class EventApplier {
         }
     }
 
-    /// Error replies that go away by themselves (a restarting Redis loading its data, a busy script, a failover):
-    /// retried like a lost connection instead of dead-lettering a perfectly good event.
-    /// NOSCRIPT is here because the connection reloads a script once per call: a second flush between that reload
-    /// and the retry (or a failover to a replica without it) must not dead-letter the event.
-    /// OOM and MISCONF (a full Redis, a failing RDB save with `stop-writes-on-bgsave-error`) refuse every write
-    /// until an operator acts: retried too (the broker or the journal keeps the events), never dead-lettered.
-    static let transientServerErrors: Set<String> = [
-        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "NOSCRIPT", "OOM", "MISCONF",
-    ]
+    /// See `RedisReply.transientErrorCodes`.
+    static var transientServerErrors: Set<String> { RedisReply.transientErrorCodes }
 
     private func connection() throws(RedisError) -> RedisConnection {
         if let redis, !redis.isBroken { return redis }

@@ -90,4 +90,19 @@ public enum RedisReply: Sendable, Hashable, CustomStringConvertible {
     public static func errorCode(of message: String) -> String {
         String(message.prefix { $0 != " " })
     }
+
+    /// Error codes that go away by themselves (a restarting Redis loading its data, a busy script, a failover):
+    /// work that gets one is retried like after a lost connection, never dead-lettered.
+    /// NOSCRIPT is here because a connection reloads a script once per call: a second flush between that reload
+    /// and the retry (or a failover to a replica without it) must not dead-letter anything.
+    /// OOM and MISCONF (a full Redis, a failing RDB save with `stop-writes-on-bgsave-error`) refuse every write
+    /// until an operator acts: retried too (the broker or a journal keeps the data meanwhile).
+    public static let transientErrorCodes: Set<String> = [
+        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN", "READONLY", "NOSCRIPT", "OOM", "MISCONF",
+    ]
+
+    /// Whether an error reply's message has one of the `transientErrorCodes`.
+    public static func isTransient(errorMessage: String) -> Bool {
+        transientErrorCodes.contains(errorCode(of: errorMessage))
+    }
 }

@@ -1,5 +1,5 @@
 import Foundation
-import OpsBusBridge
+@testable import OpsBusBridge
 import OpsBusCore
 import OpsBusMQTT
 import OpsBusRedis
@@ -230,6 +230,81 @@ struct BridgeIntegrationTests {
         try await publisher.publish(topic: "workers/w-1/health", payload: Array("{}".utf8), qos: .atLeastOnce)
         #expect(try await waitUntil { try xlen(redis, "bridge:deadletter") == 1 && xlen(redis, "events:workers") == 1 })
         #expect(text(try streamEntries(redis, "bridge:deadletter").first?.fields["reason"])?.contains("WRONGTYPE") == true)
+        await publisher.disconnect()
+        await bridge.stop()
+    }
+
+    @Test("appendBatch: per record an entry id, a duplicate or Redis's error; one bad key fails only its records")
+    func appendBatchScript() throws {
+        let redis = try servers.redisConnection()
+        try redis.command(["SET", "bad-stream", "not a stream"])
+        try redis.command(["SET", StreamEntryFormat.dedupKey(stream: "bad-dedup"), "not a sorted set"])
+        func write(_ stream: String, _ id: String, _ payload: String, maxLength: Int? = nil) -> PlannedWrite {
+            PlannedWrite(kind: .entry, stream: stream, dedupID: id, maxLength: maxLength, maxAgeSeconds: nil,
+                         fields: [("topic", Array("t/\(id)".utf8)), ("payload", Array(payload.utf8))], session: nil)
+        }
+        var letter = write("dead", "j:1", "letter")
+        letter.kind = .deadLetter(reason: "test")
+        let writes = [
+            write("good", "e:1", "one"), write("bad-stream", "e:2", "two"), write("good", "e:1", "again"),
+            write("bad-dedup", "e:3", "three"), write("other", "", "no id", maxLength: 1000), letter,
+            write("good", "e:4", "four"),
+        ]
+        let (keys, arguments) = BridgeScripts.batchArguments(writes[...], statsKey: "opsbus:stats")
+        #expect(keys.map { String(decoding: $0, as: UTF8.self) } == [
+            "opsbus:stats", "good", "bridge:dedup:good", "bad-stream", "bridge:dedup:bad-stream", "bad-dedup",
+            "bridge:dedup:bad-dedup", "other", "bridge:dedup:other", "dead", "bridge:dedup:dead",
+        ], "each stream once, in order of first use")
+        let replies = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments).array)
+            .map(BridgeScripts.recordReply)
+        try #require(replies.count == writes.count, "\(replies)")
+        #expect(replies[0].string?.contains("-") == true, "an entry id: \(replies[0])")
+        #expect(replies[1].errorCode == "WRONGTYPE", "the stream key holds a string: \(replies[1])")
+        #expect(replies[2] == .null, "the same dedup id earlier in the same call: a duplicate")
+        #expect(replies[3].errorCode == "WRONGTYPE", "the dedup set holds a string: \(replies[3])")
+        #expect(replies[4].string != nil && replies[5].string != nil && replies[6].string != nil, "\(replies)")
+        #expect(try streamEntries(redis, "good").compactMap { text($0.fields["payload"]) } == ["one", "four"])
+        #expect(try xlen(redis, "other") == 1 && xlen(redis, "dead") == 1)
+        #expect(try redis.command(["ZRANGE", "bridge:dedup:good", "0", "-1"]).array?.compactMap(\.string) == ["e:1", "e:4"])
+        #expect(try redis.command(["EXISTS", "bridge:dedup:other"]).int == 0, "no dedup id, nothing remembered")
+        let stats = try redis.command(["HGETALL", "opsbus:stats"]).hashDictionary()
+        #expect(stats == ["bridge_entries": "3", "bridge_dead_lettered": "1", "bridge_duplicates": "1"], "\(stats)")
+        // The same call again (a retried batch): every record written with a dedup id is now a duplicate, the one
+        // without an id is written again, the refused ones are refused again.
+        let again = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments).array)
+            .map(BridgeScripts.recordReply)
+        #expect(again.enumerated().filter { $0.element == .null }.map(\.offset) == [0, 2, 5, 6])
+        #expect(again[1].errorCode == "WRONGTYPE" && again[3].errorCode == "WRONGTYPE")
+        #expect(try xlen(redis, "good") == 2 && xlen(redis, "other") == 2 && xlen(redis, "dead") == 1)
+    }
+
+    @Test("Redis refusing writes (OOM) dead-letters nothing: the records wait in the journal, then are written once",
+          arguments: [false, true])
+    func outOfMemoryWaits(acknowledged: Bool) async throws {
+        let bridge = try await RunningBridge.start(servers)
+        let publisher = try await bridgeTestPublisher(servers)
+        let redis = try servers.redisConnection()
+        try redis.command(["CONFIG", "SET", "maxmemory-policy", "noeviction"])
+        try redis.command(["CONFIG", "SET", "maxmemory", "1"])  // below what Redis uses: every write is refused
+        defer { _ = try? redis.command(["CONFIG", "SET", "maxmemory", "0"]) }
+        // `ack: true` envelopes go through the session script, one call each; the others through `appendBatch`.
+        let events = (1...30).map {
+            acknowledged ? ackEnvelope(session: "oom-s", seq: UInt64($0)) : bridgeEnvelope(job: "oom-\($0)", seq: UInt64($0))
+        }
+        for (index, event) in events.enumerated() {
+            try await publisher.publish(topic: "jobs/oom-\(index + 1)/completed", payload: event.encoded(), qos: .atLeastOnce)
+        }
+        #expect(try await waitUntil { bridge.bridge.statistics.journaled == 30 && bridge.bridge.statistics.redisFailures > 0 },
+                "\(bridge.bridge.statistics)")
+        #expect(try xlen(redis, "events:jobs") == 0 && xlen(redis, "bridge:deadletter") == 0, "nothing written while OOM")
+        try redis.command(["CONFIG", "SET", "maxmemory", "0"])
+        #expect(try await waitUntil { try xlen(redis, "events:jobs") == 30 })
+        #expect(try streamEntries(redis, "events:jobs").compactMap { text($0.fields["event_id"]) } == events.map(\.eventID))
+        #expect(try xlen(redis, "bridge:deadletter") == 0)
+        #expect(bridge.bridge.statistics.deadLettered == 0)
+        if acknowledged {
+            #expect(try redis.command(["GET", StreamEntryFormat.sessionKey(sessionID: "oom-s")]).string == "30")
+        }
         await publisher.disconnect()
         await bridge.stop()
     }
