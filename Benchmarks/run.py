@@ -166,11 +166,20 @@ class Bench:
         self.jsonl = open(self.jsonl_path, "w")
         self.files = {}
         self.children = []
+        self.profiles = []     # perf data files written with --profile
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
     def tool(self, name):
         return os.path.join(self.bin, name)
+
+    def profiled(self, argv, name):
+        """`argv` under `perf record -e cpu-clock -g` with --profile (summarised at the end of the run)."""
+        if not self.args.profile:
+            return argv
+        path = os.path.join(BENCH, f"profile-{name}-{len(self.profiles) + 1}.data")
+        self.profiles.append(path)
+        return ["perf", "record", "-q", "-e", "cpu-clock", "-F", "2999", "-g", "-o", path, "--"] + argv
 
     def load_file(self, kind, events, size=400):
         key = (kind, events, size)
@@ -240,8 +249,9 @@ class Bench:
             return [proc], (lambda: proc.poll() is not None)
         if kind == "opsbus-bridge":
             journal = tempfile.mkdtemp(prefix="journal-", dir=self.work)
-            proc = self.spawn([self.tool("opsbus"), "bridge", "--route", route, "--journal", journal,
-                               "--client-id", "bench-bridge", "--mqtt-url", s.mqtt_url, "--redis-url", s.redis_url],
+            proc = self.spawn(self.profiled([self.tool("opsbus"), "bridge", "--route", route, "--journal", journal,
+                                             "--client-id", "bench-bridge", "--mqtt-url", s.mqtt_url,
+                                             "--redis-url", s.redis_url], "bridge"),
                               env={"OPSBUS_LOG_LEVEL": "warning"}, log_name="bridge.log")
             s.wait_subscribed("bench-bridge")
             stream = route.split("=", 1)[1].split(";")[0]
@@ -263,7 +273,8 @@ class Bench:
                     argv += ["--batch-writers", "1"]
                 if instances > 1:
                     argv += ["--group", "bench", "--instance", str(n)]
-                procs.append(self.spawn(argv, env={"OPSBUS_LOG_LEVEL": "error"}, log_name="processor.log"))
+                procs.append(self.spawn(self.profiled(argv, kind), env={"OPSBUS_LOG_LEVEL": "error"},
+                                        log_name="processor.log"))
             for n in range(1, instances + 1):
                 s.wait_subscribed(f"bench-proc-{n}")
 
@@ -368,9 +379,10 @@ class Bench:
                 n = self.args.events // 10 if spool == "always" else self.args.events
                 s.fresh_broker()
                 spool_dir = tempfile.mkdtemp(prefix="spool-", dir=self.work)
-                result = self.run_json([self.tool("opsbus-bench"), "publish", "--mqtt-url", s.mqtt_url, "--events",
-                                        str(n), "--qos", str(qos), "--spool", spool, "--dir", spool_dir,
-                                        "--concurrency", "64"])
+                result = self.run_json(self.profiled(
+                    [self.tool("opsbus-bench"), "publish", "--mqtt-url", s.mqtt_url, "--events", str(n), "--qos",
+                     str(qos), "--spool", spool, "--dir", spool_dir, "--concurrency", "64"],
+                    f"publisher-qos{qos}-spool-{spool}"))
                 shutil.rmtree(spool_dir, ignore_errors=True)
                 return self.record(f"opsbus publisher {label}", run, **result)
             runs = self.repeat(label, o_run)
@@ -655,6 +667,9 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated scenarios: micro,redis,publisher,bridge,"
                                                     "processor,latency,sizes,cost,soak")
     parser.add_argument("--no-micro", action="store_true", help="skip the ordo-one micro benchmarks")
+    parser.add_argument("--profile", action="store_true",
+                        help="run each opsbus process under `perf record -e cpu-clock -g` and print a summary per "
+                             "profile (Benchmarks/perf_summary.py); CPU µs/event then include perf's own overhead")
     parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=None,
                         help="the 10^6-event cost point (default: on, off with --quick)")
     args = parser.parse_args()
@@ -668,6 +683,8 @@ def main():
     if args.million is None:
         args.million = not args.quick
     args.runs = max(3, args.runs)
+    if args.profile and not shutil.which("perf"):
+        raise SystemExit("--profile needs perf (Debian: apt-get install linux-perf)")
     # The micro benchmarks go first: building their harness is the part least disturbed by the soak's warm-up.
     order = ["micro", "redis", "publisher", "bridge", "processor", "latency", "sizes", "cost"]
     chosen = [s for s in order if (not args.only or s in args.only.split(",")) and not (s == "micro" and args.no_micro)]
@@ -712,6 +729,12 @@ def main():
     if getattr(bench, "micro", None):
         print("micro benchmarks (ordo-one/benchmark; also in .bench/micro-latest.md):")
         print(bench.micro)
+    for path in bench.profiles:
+        summary = subprocess.run([sys.executable, os.path.join(ROOT, "Benchmarks", "perf_summary.py"), path],
+                                 capture_output=True, text=True)
+        with open(path.replace(".data", ".txt"), "w") as f:
+            f.write(summary.stdout + summary.stderr)
+        print(summary.stdout + summary.stderr)
     print(f"JSON lines: {bench.jsonl_path}")
     with open(bench.jsonl_path.replace(".jsonl", ".md"), "w") as f:
         f.write(bench.table() + "\n")

@@ -9,7 +9,8 @@ import Synchronization
 /// The MQTT → Redis Streams bridge.
 ///
 /// ```
-///  broker ──QoS 1, durable session──▶ handler ──write(2)──▶ journal ──writer thread──▶ Redis (Lua: dedup + XADD)
+///  broker ──QoS 1, durable session──▶ handler ──write(2)──▶ journal ──writer thread──▶ Redis (Lua: dedup + XADD,
+///                                                                                         one call per 200 records)
 ///          ◀──────── PUBACK after the handler returned                  └── committed offset (write + rename, ≤ 10/s)
 /// ```
 ///
@@ -19,7 +20,8 @@ import Synchronization
 ///   handler returns only after the message is in the journal (in the kernel's page cache; `JournalFsync.always`
 ///   for OS crashes). Messages not yet acknowledged are redelivered by the broker (durable session: fixed client id,
 ///   `cleanSession` false).
-/// * **Redis down**: the writer retries with backoff while the handler keeps journaling, up to `journalMaxBytes`;
+/// * **Redis down** (or refusing writes: `OOM`, `READONLY` …): the writer retries with backoff while the handler keeps
+///   journaling, up to `journalMaxBytes`;
 ///   then the handler returns `.reject`, so the broker keeps the messages (it needs `max_queued_messages 0` and a
 ///   sufficient `max_queued_bytes`, or it drops the newest) and redelivers them.
 /// * **Exactly-once effect**: journal replays and broker redeliveries are suppressed in Redis by the dedup id

@@ -2,7 +2,7 @@ import OpsBusJournal
 import OpsBusCore
 import OpsBusRedis
 
-/// What the writer does with one journal record: one call of `BridgeScripts.append`.
+/// What the writer does with one journal record: its part of a `BridgeScripts.appendBatch` call.
 public struct PlannedWrite: Sendable, Hashable {
     public enum Kind: Sendable, Hashable {
         case entry
@@ -19,7 +19,7 @@ public struct PlannedWrite: Sendable, Hashable {
     /// Field/value pairs in entry order.
     public var fields: [(String, [UInt8])]
     /// Set for an envelope sent with `ack: true`: the write goes through `BridgeScripts.appendInSession` (ordered,
-    /// exactly once per session seq) instead of `BridgeScripts.append`.
+    /// exactly once per session seq) instead of `BridgeScripts.appendBatch`.
     public var session: SessionSequence?
 
     public static func == (lhs: PlannedWrite, rhs: PlannedWrite) -> Bool {
@@ -160,7 +160,8 @@ public enum StreamEntryFormat {
     public static func sessionKey(sessionID: String) -> String { "opsbus:session:{\(sessionID)}:acked" }
 }
 
-/// The Lua scripts of the writer. `append` runs once per record and does only what must be atomic with the XADD;
+/// The Lua scripts of the writer. `appendBatch` runs once per run of up to 200 records (`append`, its one-record
+/// form, when a batch call failed for a lasting reason) and does only what must be atomic with each XADD;
 /// `trim` runs once per stream per batch and does the housekeeping (dedup window, age retention), which keeps the
 /// per-record cost low. Both take time from the Redis server (`TIME`), so trimming and the window do not depend on
 /// the bridge host's clock (Redis 7 replicates script effects, so `TIME` is safe).

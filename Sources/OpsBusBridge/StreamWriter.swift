@@ -33,12 +33,13 @@ final class StatisticsBox: Sendable {
 /// The bridge's journal sink: journal → Redis, in journal order, one pipeline per batch (driven by a
 /// `JournalDrain`, on its thread).
 ///
-/// Batch cycle: plan each record (route, validation, fields, dedup id); send one pipeline of `BridgeScripts.append`
-/// calls (`appendInSession` for `ack: true` envelopes); hand one acknowledgement per session the batch touched to
-/// the `AckPublisher`. If Redis fails (connection lost, timeout), the drain retries the *same* batch with backoff:
-/// records that did reach Redis are suppressed by their dedup id. A record that Redis rejects outright (e.g.
-/// `WRONGTYPE`: the stream key holds another type) is dead-lettered with Redis's message, since retrying would
-/// block the bridge forever.
+/// Batch cycle: plan each record (route, validation, fields, dedup id); send one pipeline of
+/// `BridgeScripts.appendBatch` calls, up to 200 records each (`appendInSession`, one per record, for `ack: true`
+/// envelopes); hand one acknowledgement per session the batch touched to the `AckPublisher`. If Redis fails
+/// (connection lost, timeout, or a transient error reply such as `OOM`), the drain retries the *same* batch with
+/// backoff: records that did reach Redis are suppressed by their dedup id. A record that Redis rejects outright
+/// (e.g. `WRONGTYPE`: the stream key holds another type) is dead-lettered with Redis's message, since retrying
+/// would block the bridge forever.
 final class StreamWriter: JournalBatchSink, @unchecked Sendable {
     // @unchecked: the mutable state below is used only by the drain thread, except the Mutex-protected fields.
     private let journalIdentity: String
