@@ -231,10 +231,15 @@ public struct EventEnvelope: Sendable, Hashable {
 
     /// Decodes and validates an already parsed object (same checks as `decode(_:maxBytes:)` minus size/JSON).
     public static func decode(object: JSONObject) throws(EnvelopeError) -> EventEnvelope {
-        var rest = object
+        // The envelope keys read below; the other members become `fields`. (Removing each key from a copy instead
+        // rebuilt the copy's hash index at every removal: 3.5 % of the batching processor's CPU in `perf`.)
+        var taken: [String] = []
+        taken.reserveCapacity(24)
         func take(_ key: String) -> JSONValue? {
+            guard let value = object[key] else { return nil }
+            taken.append(key)
             // `null` counts as absent. (Spelled out: `cond ? nil : value` would type `nil` as JSONValue.null.)
-            guard let value = rest.removeValue(forKey: key), !value.isNull else { return nil }
+            guard !value.isNull else { return nil }
             return value
         }
         func requiredString(_ key: String) throws(EnvelopeError) -> String {
@@ -337,6 +342,10 @@ public struct EventEnvelope: Sendable, Hashable {
             attempt = Int(number)
         }
 
+        var rest = JSONObject()
+        for member in object.members where !taken.contains(member.key) {
+            rest.appendUnchecked(key: member.key, value: member.value)  // keys of a parsed object are unique
+        }
         let envelope = EventEnvelope(
             eventID: eventID, eventType: eventType, timestamp: timestamp, source: source, jobID: jobID,
             machineID: machineID, workerID: workerID, serviceType: serviceType, connectorID: connectorID,
