@@ -665,10 +665,11 @@ final class MQTTClientCore: Sendable {
             return Dictionary(grouping: s.subscriptions.keys.sorted(), by: { s.subscriptions[$0]! })
         }
         guard code == 0 else { return }
-        if logger.logLevel > .debug {
-            // While connected libmosquitto logs only per-packet trace lines ("sending PUBACK …"), and it formats each
-            // one (`vsnprintf` into a fresh buffer) whenever a log callback is set: about 2 % of the bridge's CPU
-            // time (`perf`). Its errors and warnings come while connecting, when the callback is back (onDisconnect).
+        if logger.logLevel > .trace {
+            // While connected libmosquitto logs only per-packet lines ("sending PUBACK …", mapped to trace), and it
+            // formats each one (`vsnprintf` into a fresh buffer) whenever a log callback is set: about 2 % of the
+            // bridge's CPU time (`perf`). Its errors and warnings come while connecting, when the callback is back
+            // (onDisconnect).
             mosquitto_log_callback_set(mosq, nil)
         }
         logger.info("connected", metadata: ["session_present": "\(sessionPresent)"])
