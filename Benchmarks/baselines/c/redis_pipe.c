@@ -1,7 +1,9 @@
 /* Redis's own rate for the opsbus command mix, on one connection with a pipeline (hiredis).
  * redis_pipe -p PORT -m xadd|bridge|processor -n COUNT [-b BATCH] [-s PAYLOAD_BYTES]
  *   xadd       XADD events:bench MAXLEN ~ 1000000 * topic … payload … (the bridge's entry, no script)
- *   bridge     EVALSHA of a script like the bridge's: dedup SET NX EX + XADD with the same fields
+ *   bridge     EVALSHA of a script like the bridge's before session 6, one call per event: dedup SET NX EX + XADD
+ *   bridge-batch  one EVALSHA per BATCH events of a script like the bridge's appendBatch: per event a dedup ZSCORE,
+ *              XADD and ZADD, the stats HINCRBY once per call (the pipeline then holds one call)
  *   processor  EVALSHA of a script like the processor's job script: seen-set SADD, HSET of the job hash,
  *              RPUSH+LTRIM of the timeline, status index SREM/SADD, plus the stats HINCRBYs
  * Prints one JSON line. */
@@ -14,6 +16,20 @@ static const char *bridge_lua =
     "return redis.call('XADD', KEYS[1], 'MAXLEN', '~', 1000000, '*', 'topic', ARGV[1], 'payload', ARGV[2], "
     "'event_id', ARGV[3], 'event_type', 'job.progress', 'qos', '1', 'retain', '0', 'received_at', ARGV[4], "
     "'bridge', 'bench') end return false";
+
+static const char *bridge_batch_lua =
+    "local t = redis.call('TIME') local now = tonumber(t[1]) * 1000 "
+    "local results, n = {}, 0 "
+    "for i = 1, #ARGV, 4 do "
+    "  n = n + 1 "
+    "  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then results[n] = '' else "
+    "    results[n] = redis.call('XADD', KEYS[1], 'MAXLEN', '~', 1000000, '*', 'topic', ARGV[i + 1], "
+    "      'payload', ARGV[i + 2], 'event_id', ARGV[i], 'event_type', 'job.progress', 'qos', '1', 'retain', '0', "
+    "      'received_at', ARGV[i + 3], 'bridge', 'bench') "
+    "    redis.call('ZADD', KEYS[2], now, ARGV[i]) end "
+    "end "
+    "redis.call('HINCRBY', KEYS[3], 'bridge_entries', n) "
+    "return results";
 
 static const char *processor_lua =
     "if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return 0 end "
@@ -44,7 +60,10 @@ int main(int argc, char **argv) {
     memset(payload, 'x', size);
     payload[size] = 0;
     char sha[64] = {0};
-    const char *script = strcmp(mode, "bridge") == 0 ? bridge_lua : strcmp(mode, "processor") == 0 ? processor_lua : NULL;
+    int batched = strcmp(mode, "bridge-batch") == 0;
+    const char *script = strcmp(mode, "bridge") == 0 ? bridge_lua
+                       : batched                     ? bridge_batch_lua
+                       : strcmp(mode, "processor") == 0 ? processor_lua : NULL;
     if (script) {
         redisReply *r = redisCommand(c, "SCRIPT LOAD %s", script);
         if (!r || r->type != REDIS_REPLY_STRING) { fprintf(stderr, "script load failed\n"); return 1; }
@@ -52,9 +71,40 @@ int main(int argc, char **argv) {
         freeReplyObject(r);
     }
     char topic[128], id[64], key1[128], key2[128], key3[128];
+    /* bridge-batch: argv of one call, 6 fixed + 4 per event; the strings live in `text` until the call is sent. */
+    const char **args = malloc(sizeof(char *) * (6 + 4 * (size_t)batch));
+    size_t *lens = malloc(sizeof(size_t) * (6 + 4 * (size_t)batch));
+    char *text = malloc((size_t)batch * 256);
     double cpu0 = cpu_self(), t0 = now_mono();
     for (long done = 0; done < count;) {
         long n = count - done < batch ? count - done : batch;
+        if (batched) {
+            int a = 0;
+            char *next = text;
+            args[a] = "EVALSHA"; lens[a++] = 7;
+            args[a] = sha; lens[a++] = strlen(sha);
+            args[a] = "3"; lens[a++] = 1;
+            args[a] = "events:bench"; lens[a++] = 12;
+            args[a] = "bridge:dedup:events:bench"; lens[a++] = 25;
+            args[a] = "opsbus:stats"; lens[a++] = 12;
+            for (long i = 0; i < n; i++) {
+                long k = done + i;
+                args[a] = next; lens[a++] = (size_t)sprintf(next, "e:evt-%d-%ld", getpid(), k); next += lens[a - 1] + 1;
+                args[a] = next; lens[a++] = (size_t)sprintf(next, "jobs/job-%ld/progress", k % 1000); next += lens[a - 1] + 1;
+                args[a] = payload; lens[a++] = (size_t)size;
+                args[a] = "2026-11-29T00:00:00.000Z"; lens[a++] = 24;
+            }
+            redisAppendCommandArgv(c, a, args, lens);
+            redisReply *r;
+            if (redisGetReply(c, (void **)&r) != REDIS_OK) { fprintf(stderr, "redis error\n"); return 1; }
+            if (r->type != REDIS_REPLY_ARRAY || (long)r->elements != n) {
+                fprintf(stderr, "redis: %s\n", r->type == REDIS_REPLY_ERROR ? r->str : "unexpected reply");
+                return 1;
+            }
+            freeReplyObject(r);
+            done += n;
+            continue;
+        }
         for (long i = 0; i < n; i++) {
             long k = done + i;
             snprintf(topic, sizeof topic, "jobs/job-%ld/progress", k % 1000);
