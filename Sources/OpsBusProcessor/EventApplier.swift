@@ -128,7 +128,7 @@ final class EventApplier {
         var counted = [Bool](repeating: false, count: planned.count)
         for (index, at) in deadLetterSlots {
             if let message = replies[at].errorMessage {
-                if Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
+                if RedisReply.isTransient(errorMessage: message) {
                     throw RedisError.server(message: message, command: "XADD")
                 }
                 logger.error("Redis rejected a dead letter; dropping it",
@@ -142,7 +142,7 @@ final class EventApplier {
                 // The whole call failed: transient (busy, loading …) means retry the batch; anything else would fail
                 // again, so each event goes its own way (`execute` dead-letters what Redis refuses).
                 let error = RedisError.server(message: message, command: "EVALSHA \(BatchApplyScript.script.name)")
-                if Self.transientServerErrors.contains(error.serverErrorCode ?? "") { throw error }
+                if error.isTransientServerError { throw error }
                 logger.warning("the batch call failed; applying its events one by one", metadata: ["error": "\(message)"])
                 // The call may have failed after applying events (scripts have no rollback): re-runs count as retries.
                 for (index, (plan, _)) in planned.enumerated() {
@@ -204,7 +204,7 @@ final class EventApplier {
             if succeeded {
                 results[index] = plan.outcome(fromBatchResult: value)
             } else if let message = value.string,
-                      Self.transientServerErrors.contains(RedisReply.errorCode(of: message)) {
+                      RedisReply.isTransient(errorMessage: message) {
                 // E.g. READONLY after a failover, OOM: the whole batch is retried (its applied events are duplicates
                 // then, not counted again), instead of dead-lettering a good event.
                 throw RedisError.io(endpoint: "\(configuration.redis)", reason: message, commandMayHaveRun: true)
@@ -307,7 +307,7 @@ final class EventApplier {
                 if error.commandMayHaveRun { retried = true }
                 switch error {
                 case .server(let message, let command)
-                where !Self.transientServerErrors.contains(error.serverErrorCode ?? ""):
+                where !error.isTransientServerError:
                     // Redis refused the write itself (e.g. a key of the wrong type): retrying cannot help, and the
                     // message must not block the ones behind it. Keep it as a dead letter with the reason.
                     let reason = "Redis rejected \(command): \(message)"
@@ -327,9 +327,6 @@ final class EventApplier {
             }
         }
     }
-
-    /// See `RedisReply.transientErrorCodes`.
-    static var transientServerErrors: Set<String> { RedisReply.transientErrorCodes }
 
     private func connection() throws(RedisError) -> RedisConnection {
         if let redis, !redis.isBroken { return redis }

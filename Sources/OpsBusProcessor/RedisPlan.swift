@@ -199,7 +199,7 @@ struct RedisPlan {
     private static func sequenceFailure(_ reply: RedisReply) throws(RedisError) -> String? {
         guard let message = reply.errorMessage else { return nil }
         let error = RedisError.server(message: message, command: "EVALSHA \(SequenceScript.script.name)")
-        if EventApplier.transientServerErrors.contains(error.serverErrorCode ?? "") { throw error }
+        if error.isTransientServerError { throw error }
         return "\(error)"
     }
 

@@ -72,6 +72,11 @@ public enum RedisError: Error, CustomStringConvertible, Sendable, Equatable {
         return RedisReply.errorCode(of: message)
     }
 
+    /// True for a server error reply that goes away by itself (`RedisReply.transientErrorCodes`: OOM, READONLY …).
+    public var isTransientServerError: Bool {
+        serverErrorCode.map(RedisReply.transientErrorCodes.contains) ?? false
+    }
+
     /// True for failures of the connection itself (worth a reconnect and a retry of idempotent work); false for
     /// errors that will repeat unchanged (bad URL, rejected password, error replies, unsupported commands).
     public var isConnectionFailure: Bool {
