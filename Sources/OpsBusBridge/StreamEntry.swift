@@ -33,6 +33,21 @@ public struct PlannedWrite: Sendable, Hashable {
     }
 
     public func field(_ name: String) -> [UInt8]? { fields.first { $0.0 == name }?.1 }
+
+    /// The arguments every append script takes first, in this order: dedup id, maxlen (0 = none), the stats counter
+    /// the record counts in.
+    var leadingArguments: [[UInt8]] {
+        [Array(dedupID.utf8), Array(String(maxLength ?? 0).utf8),
+         Array((kind == .entry ? "bridge_entries" : "bridge_dead_lettered").utf8)]
+    }
+
+    /// Appends the field/value pairs, the arguments every append script takes last.
+    func appendFields(to arguments: inout [[UInt8]]) {
+        for (name, value) in fields {
+            arguments.append(Array(name.utf8))
+            arguments.append(value)
+        }
+    }
 }
 
 /// The stream entry format, and how a journal record becomes one.
@@ -369,14 +384,8 @@ public enum BridgeScripts {
     }
 
     static func arguments(_ write: PlannedWrite, statsKey: String) -> (keys: [[UInt8]], arguments: [[UInt8]]) {
-        let counter = write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered"
-        var arguments: [[UInt8]] = [
-            Array(write.dedupID.utf8), Array(String(write.maxLength ?? 0).utf8), Array(counter.utf8),
-        ]
-        for (name, value) in write.fields {
-            arguments.append(Array(name.utf8))
-            arguments.append(value)
-        }
+        var arguments = write.leadingArguments
+        write.appendFields(to: &arguments)
         return ([Array(write.stream.utf8), Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8), Array(statsKey.utf8)], arguments)
     }
 
@@ -397,14 +406,9 @@ public enum BridgeScripts {
                 keys.append(Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8))
             }
             arguments.append(Array(String(number).utf8))
-            arguments.append(Array(write.dedupID.utf8))
-            arguments.append(Array(String(write.maxLength ?? 0).utf8))
-            arguments.append(Array((write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered").utf8))
+            arguments += write.leadingArguments
             arguments.append(Array(String(write.fields.count).utf8))
-            for (name, value) in write.fields {
-                arguments.append(Array(name.utf8))
-                arguments.append(value)
-            }
+            write.appendFields(to: &arguments)
         }
         return (keys, arguments)
     }
@@ -422,19 +426,14 @@ public enum BridgeScripts {
     static func sessionArguments(_ write: PlannedWrite, _ session: SessionSequence, configuration: BridgeConfiguration)
         -> (keys: [[UInt8]], arguments: [[UInt8]])
     {
-        let counter = write.kind == .entry ? "bridge_entries" : "bridge_dead_lettered"
-        var arguments: [[UInt8]] = [
-            Array(write.dedupID.utf8), Array(String(write.maxLength ?? 0).utf8), Array(counter.utf8),
+        var arguments = write.leadingArguments + [
             Array(String(session.seq).utf8), session.prevSeq.map { Array(String($0).utf8) } ?? [],
             Array(String(configuration.sessionTTLSeconds).utf8), Array(String(configuration.deadLetterMaxLength).utf8),
             Array(String(configuration.deadLetterPayloadBytes).utf8),
             session.resumeAfter.map { Array(String($0).utf8) } ?? [],
         ]
         arguments.reserveCapacity(arguments.count + 2 * write.fields.count)
-        for (name, value) in write.fields {
-            arguments.append(Array(name.utf8))
-            arguments.append(value)
-        }
+        write.appendFields(to: &arguments)
         let keys = [
             Array(write.stream.utf8), Array(StreamEntryFormat.dedupKey(stream: write.stream).utf8),
             Array(configuration.statsKey.utf8), Array(StreamEntryFormat.sessionKey(sessionID: session.sessionID).utf8),
