@@ -1,7 +1,7 @@
 import Foundation
 import OpsBusCore
 import OpsBusMQTT
-import OpsBusProcessor
+@testable import OpsBusProcessor
 import OpsBusPublisher
 import OpsBusRedis
 import Testing
@@ -268,6 +268,85 @@ struct ProcessorSessionTests {
         #expect(report.expiredGaps.isEmpty)
         await raw.disconnect()
         await processor.stop()
+    }
+
+    @Test("sequence bookkeeping collected per script call: one batch call leaves what one call per event leaves; gaps over the limit are abandoned")
+    func sequenceWritesOncePerCall() throws {
+        let redis = try servers.redisConnection()
+        let start: Int64 = 1_800_000_000_000
+        // (session, owner, seq, prev_seq): in order, a gap, duplicates, a fill, declared drops, gaps over the limit
+        // of 2 (the oldest abandoned), a seq inside the abandoned gap, and a second session interleaved.
+        let events: [(String, String, Int, Int?)] = [
+            ("s1", "w1", 1, nil), ("s1", "w1", 2, nil), ("s2", "w2", 1, nil), ("s1", "w1", 4, nil),
+            ("s1", "w1", 2, nil), ("s1", "w1", 3, nil), ("s2", "w2", 3, nil), ("s1", "w1", 3, nil),
+            ("s1", "w1", 8, 6), ("s1", "w1", 10, nil), ("s1", "w1", 12, nil), ("s2", "w2", 2, nil),
+            ("s1", "w1", 5, nil), ("s1", "w1", 9, nil),
+        ]
+        func call(_ index: Int) -> (keys: [String], arguments: [String]) {
+            let (session, owner, seq, prev) = events[index]
+            let now = start + Int64(index)
+            return (["seq:{\(session)}", "seq:{\(session)}:gaps", "stats", "publisher:{\(owner)}", "publishers",
+                     "gaps:pending", "gaps:reported"],
+                    [session, owner, String(seq), prev.map { String($0) } ?? "", String(now), String(start), "3600", "2"])
+        }
+        func snapshot() throws -> [String: String] {
+            var state: [String: String] = [:]
+            for key in try redis.command(["KEYS", "*"]).array?.compactMap(\.string) ?? [] {
+                let type = try redis.command(["TYPE", key]).string ?? ""
+                let contents = type == "hash" ? try redis.command(["HGETALL", key]).hashDictionary().sorted { $0.key < $1.key }
+                    .map { "\($0.key)=\($0.value)" } : try redis.command(["ZRANGE", key, "0", "-1", "WITHSCORES"])
+                    .array?.compactMap(\.string) ?? []
+                let ttl = try redis.command(["TTL", key]).int ?? -2
+                state[key] = "\(type) ttl \(ttl > 3500 ? "set" : String(ttl)) \(contents)"
+            }
+            return state
+        }
+        func reply(_ reply: RedisReply) -> String {
+            (reply.array ?? []).map { $0.string ?? $0.int.map { String($0) } ?? "?" }.joined(separator: " ")
+        }
+
+        try redis.command(["FLUSHDB"])
+        let alone = try events.indices.map { index in
+            let (keys, arguments) = call(index)
+            return reply(try redis.evaluate(SequenceScript.script, keys: keys, arguments: arguments))
+        }
+        #expect(alone == [
+            "applied 0 0 0", "applied 0 0 0", "applied 0 0 0", "applied 1 0 0", "duplicate 0 0 0", "applied 0 1 0",
+            "applied 1 0 0", "duplicate 0 0 0", "applied 1 0 1", "applied 1 0 0", "applied 1 0 0", "applied 0 1 0",
+            "duplicate 0 0 0", "applied 0 1 0",
+        ])
+        let each = try snapshot()
+        #expect(try redis.command(["HGETALL", "stats"]).hashDictionary().filter { $0.key != "seq_tracking_since_ms" } == [
+            "sessions": "2", "gaps_opened": "5", "gaps_closed": "3", "declared_drops": "1", "gaps_abandoned": "1",
+        ])
+        #expect(try redis.command(["ZRANGE", "seq:{s1}:gaps", "0", "-1"]).array?.compactMap(\.string)
+            == ["11|11|\(start + 10)|0"], "5-6 abandoned, 3 and 9 closed")
+        #expect(try redis.command(["HMGET", "publisher:{w1}", "last_seq", "updated_ms"]).array?.compactMap(\.string)
+            == ["9", String(start + 13)])
+
+        try redis.command(["FLUSHDB"])
+        var keys: [String] = []
+        var arguments = [String(events.count)]
+        for index in events.indices {
+            let one = call(index)
+            keys += one.keys
+            arguments += ["s", String(one.keys.count), String(one.arguments.count)] + one.arguments
+        }
+        let batch = try #require(try redis.evaluate(BatchApplyScript.script, keys: keys, arguments: arguments).array)
+        #expect(batch.map { $0.array?.first?.int } == Array(repeating: 1, count: events.count), "\(batch)")
+        #expect(batch.map { reply($0.array?.last ?? .null) } == alone)
+        #expect(try snapshot() == each)
+
+        // A key Redis refuses to write (the owner's record holds a string): the error is the reply of the last call
+        // that wrote it; the other session's writes are made.
+        try redis.command(["FLUSHDB"])
+        try redis.command(["SET", "publisher:{w2}", "not a hash"])
+        let refused = try #require(try redis.evaluate(BatchApplyScript.script, keys: keys, arguments: arguments).array)
+        let failed = refused.indices.filter { refused[$0].array?.first?.int == 0 }
+        #expect(failed == [11], "\(refused)")
+        #expect(refused[11].array?.last?.string?.hasPrefix("WRONGTYPE") == true, "\(refused[11])")
+        #expect(try redis.command(["HGET", "seq:{s1}", "max"]).string == "12")
+        #expect(try redis.command(["HGET", "seq:{s2}", "max"]).string == "3")
     }
 
     @Test("prev_seq declares drops: counted, never a gap, also when the declaring event arrives after a later one")

@@ -6,7 +6,9 @@ import OpsBusRedis
 /// the call itself, the reply, the AOF entry), and the per-event call was what bounded the processor (BENCHMARKS.md).
 /// Here each event's script runs as a Lua function inside one call, with the same KEYS and ARGV it would get on its
 /// own, so the per-event logic is exactly `JobEventScript`, `EntityEventScript` and `SequenceScript`. The stats of
-/// the whole batch are summed in Lua and written once at the end (`count_event` here collects instead of writing).
+/// the whole batch are summed in Lua and written once at the end (`count_event` here collects instead of writing);
+/// so are the sequence calls' bookkeeping writes (`SequenceScript.shared`), and each job's seen-set TTL is checked
+/// once (`JobEventScript.shared`).
 ///
 /// Each call runs under `pcall`: an event that Redis refuses (e.g. `WRONGTYPE`) gets its error in its own slot of the
 /// reply, and the events after it still run. Like any Redis script, a failed event's writes before its error stay
@@ -37,6 +39,7 @@ local function count_event(stats_key, minute_key, event_type, outcome, now_iso, 
   m['outcome:' .. outcome] = (m['outcome:' .. outcome] or 0) + 1
 end
 
+"""# + JobEventScript.shared + SequenceScript.shared + #"""
 local function job_event(KEYS, ARGV)
 """# + JobEventScript.body + "\n" + #"""
 end
@@ -59,6 +62,7 @@ for i = 1, tonumber(ARGV[1]) do
   for j = 1, key_count do keys[j] = KEYS[key_at + j] end
   for j = 1, arg_count do args[j] = ARGV[arg_at + j - 1] end
   key_at, arg_at = key_at + key_count, arg_at + arg_count
+  seq_call = i
   local ok, result = pcall(fn, keys, args)
   if ok then
     results[i] = {1, result}
@@ -68,6 +72,9 @@ for i = 1, tonumber(ARGV[1]) do
     results[i] = {0, tostring(result)}
   end
 end
+
+-- The sequence calls' collected writes; a refused one is the error of the last call that wrote that key.
+for _, failure in ipairs(seq_flush()) do results[failure[1]] = {0, failure[2]} end
 
 -- The batch's stats, one write per counter.
 for key, fields in pairs(counts) do

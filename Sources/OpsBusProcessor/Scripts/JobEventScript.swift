@@ -39,17 +39,22 @@ import OpsBusRedis
 /// Returns: { outcome, status, previous status or "", reason or "" } with outcome
 ///          `applied` (status changed), `filled` (fields filled, status kept), `ignored`, or `duplicate`.
 ///
-/// Cost (issue 6): about 6 Redis commands for a progress event; in Redis each `redis.call` costs several times the
+/// Cost (issue 6): about 5 Redis commands for a progress event; in Redis each `redis.call` costs several times the
 /// command itself, so the script makes as few as it can. The job hash is read with one `HMGET` (the fixed fields and
 /// the event's own, for filling missing ones) and written with one `HSET` (pending writes are collected and flushed
 /// before anything reads them back); a status change moves the job between two index sets (`SREM` + `SADD`); the
-/// seen set's TTL is renewed only when a tenth of it has passed, the timeline trimmed only when over its limit, and
-/// the JSON context decoded only when an automated action runs.
+/// seen set's TTL is checked once per script call (a batch holds many events of a job) and renewed only when a
+/// tenth of it has passed, the timeline trimmed only when over its limit, and the JSON context decoded only when an
+/// automated action runs.
 enum JobEventScript {
     static let statuses = ["received", "processing", "completed", "failed", "retry_scheduled", "dead_lettered"]
     static let firstFieldArgument = 19
 
-    static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + body)
+    static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + shared + body)
+
+    /// Defined once per script call, before `body`: the seen sets whose TTL this call has already checked (a batch
+    /// holds many events of one job; the check is a `TTL` command).
+    static let shared = "local seen_checked = {}\n"
 
     /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
     static let body = #"""
@@ -144,8 +149,12 @@ local ws_ms, ws_session = tonumber(stored[5]) or -1, stored[6] or ''
 if redis.call('SADD', seen, event_id) == 0 then
   return {'duplicate', status or '', status or '', ''}
 end
--- The TTL runs from the job's latest events: renewed once a tenth of it has passed (a read, not a write, otherwise).
-if redis.call('TTL', seen) < seen_ttl - math.floor(seen_ttl / 10) then redis.call('EXPIRE', seen, seen_ttl) end
+-- The TTL runs from the job's latest events: renewed once a tenth of it has passed (a read, not a write, otherwise;
+-- once per script call).
+if not seen_checked[seen] then
+  seen_checked[seen] = true
+  if redis.call('TTL', seen) < seen_ttl - math.floor(seen_ttl / 10) then redis.call('EXPIRE', seen, seen_ttl) end
+end
 if redis.call('RPUSH', timeline, entry) > timeline_limit then redis.call('LTRIM', timeline, -timeline_limit, -1) end
 put('last_event_id', event_id); put('last_event_at', ts); put('job_id', job_id)
 

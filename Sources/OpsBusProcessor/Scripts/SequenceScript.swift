@@ -24,10 +24,75 @@ import OpsBusRedis
 /// ARGV: 1 session id, 2 owner, 3 seq, 4 prev_seq or "", 5 now (ms), 6 session start (ms, from its ULID) or "",
 ///       7 state TTL (seconds), 8 open gaps kept per session.
 /// Returns: { `applied` or `duplicate`, gaps opened, gaps closed, declared drops }.
+///
+/// Cost (issue 6): the session's `max` is read once per script call and the bookkeeping writes (the session's `max`
+/// and time, its owner's record and counters, the owners index, the TTLs) are collected and made once per key at the
+/// end of the call (`shared`: `seq_flush`). A batch (`BatchApplyScript`) holds many events of one session, so an
+/// event that arrives in order costs no Redis command of its own; the writes were ten commands per event before.
+/// Only the gap set is read and written as the events go, since later events of the batch read it.
 enum SequenceScript {
-    static let script = RedisScript(name: "opsbus_track_sequence", source: body)
+    static let script = RedisScript(name: "opsbus_track_sequence", source: shared + #"""
+local function sequence_event(KEYS, ARGV)
+"""# + body + #"""
 
-    /// The Lua of one call: also run per event, as a function, by `BatchApplyScript`.
+end
+local result = sequence_event(KEYS, ARGV)
+local failed = seq_flush()
+if #failed > 0 then return redis.error_reply(failed[1][2]) end
+return result
+"""#)
+
+    /// The cache of sessions' `max` and the collected writes, with `seq_flush`, which makes them and returns the
+    /// ones Redis refused as `{call index, error}` (`seq_call` is the index of the call being run). Defined once
+    /// per script call, before `body`.
+    static let shared = #"""
+local seq_max = {}
+local seq_writes, seq_order = {}, {}
+local seq_call = 1
+local function seq_session_max(key)
+  local max = seq_max[key]
+  if max == nil then
+    max = tonumber(redis.call('HGET', key, 'max')) or false
+    seq_max[key] = max
+  end
+  return max or nil
+end
+local function seq_later(key)
+  local w = seq_writes[key]
+  if w == nil then
+    w = {hset = {}, incr = {}, zadd = {}}
+    seq_writes[key] = w
+    seq_order[#seq_order + 1] = key
+  end
+  w.call = seq_call
+  return w
+end
+local function seq_flush()
+  local failed = {}
+  for _, key in ipairs(seq_order) do
+    local w = seq_writes[key]
+    local ok, err = pcall(function()
+      local args = {}
+      for field, value in pairs(w.hset) do args[#args + 1] = field; args[#args + 1] = value end
+      if #args > 0 then redis.call('HSET', key, unpack(args)) end
+      for field, value in pairs(w.incr) do redis.call('HINCRBY', key, field, value) end
+      args = {}
+      for member, score in pairs(w.zadd) do args[#args + 1] = score; args[#args + 1] = member end
+      if #args > 0 then redis.call('ZADD', key, unpack(args)) end
+      if w.trim then redis.call('ZREMRANGEBYSCORE', key, '-inf', w.trim) end
+      if w.expire then redis.call('EXPIRE', key, w.expire) end
+    end)
+    if not ok then
+      failed[#failed + 1] = {w.call, type(err) == 'table' and err.err or tostring(err)}
+    end
+  end
+  seq_writes, seq_order = {}, {}
+  return failed
+end
+
+"""#
+
+    /// The Lua of one event, run as a function after `shared`: by `script`, and per event by `BatchApplyScript`.
     static let body = #"""
 local session_key, gaps_key, stats, owner_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local owners, pending, reported = KEYS[5], KEYS[6], KEYS[7]
@@ -42,7 +107,9 @@ local function parse(member)
   return {member = member, first = tonumber(first), last = tonumber(last), opened = tonumber(opened),
           reported = flag == '1'}
 end
+local added = false
 local function add_gap(first, last, opened, was_reported)
+  added = true
   redis.call('ZADD', gaps_key, n(first), n(first) .. '|' .. n(last) .. '|' .. n(opened) .. '|' .. (was_reported and '1' or '0'))
   redis.call('ZADD', was_reported and reported or pending, n(opened), session .. '|' .. n(first))
 end
@@ -80,7 +147,7 @@ local function fill(a, b)
   return filled
 end
 
-local max = tonumber(redis.call('HGET', session_key, 'max'))
+local max = seq_session_max(session_key)
 if max == nil then
   local since = tonumber(redis.call('HGET', stats, 'seq_tracking_since_ms'))
   if since == nil then
@@ -89,13 +156,15 @@ if max == nil then
   end
   if started and started >= since and started >= now - ttl * 1000 then max = 0 else max = seq - 1 end
   redis.call('HSET', session_key, 'owner', owner, 'first_seq', n(seq), 'created_ms', n(now), 'max', n(max))
+  seq_max[session_key] = max
   counts.sessions = 1
 end
+local session_writes = seq_later(session_key)
 
 local declared_from = (prev ~= nil and prev + 1 <= seq - 1) and prev + 1 or nil
 if seq <= max then
   if fill(seq, seq) == 0 then
-    redis.call('EXPIRE', session_key, ttl)
+    session_writes.expire = ttl
     return {'duplicate', 0, 0, 0}
   end
   if declared_from then counts.declared_drops = fill(declared_from, seq - 1) end
@@ -111,28 +180,36 @@ else
     counts.declared_drops = seq - above
     if declared_from <= max then counts.declared_drops = counts.declared_drops + fill(declared_from, max) end
   end
-  redis.call('HSET', session_key, 'max', n(seq))
-  local open = redis.call('ZCARD', gaps_key)
-  while open > max_gaps do
-    remove_gap(parse(redis.call('ZRANGE', gaps_key, 0, 0)[1]))
-    counts.gaps_abandoned = counts.gaps_abandoned + 1
-    open = open - 1
+  seq_max[session_key] = seq
+  session_writes.hset.max = n(seq)
+  -- Only a gap added by this event can take the session over its limit (each event trims what it adds).
+  if added then
+    local open = redis.call('ZCARD', gaps_key)
+    while open > max_gaps do
+      remove_gap(parse(redis.call('ZRANGE', gaps_key, 0, 0)[1]))
+      counts.gaps_abandoned = counts.gaps_abandoned + 1
+      open = open - 1
+    end
   end
 end
 
-redis.call('HSET', session_key, 'updated_ms', n(now))
-redis.call('EXPIRE', session_key, ttl)
-redis.call('EXPIRE', gaps_key, ttl)
+session_writes.hset.updated_ms = n(now)
+session_writes.expire = ttl
+seq_later(gaps_key).expire = ttl
+local stats_writes, owner_writes = seq_later(stats), seq_later(owner_key)
 for field, value in pairs(counts) do
   if value > 0 then
-    redis.call('HINCRBY', stats, field, value)
-    redis.call('HINCRBY', owner_key, field, value)
+    stats_writes.incr[field] = (stats_writes.incr[field] or 0) + value
+    owner_writes.incr[field] = (owner_writes.incr[field] or 0) + value
   end
 end
-redis.call('HSET', owner_key, 'last_session', session, 'last_seq', n(seq), 'updated_ms', n(now))
-redis.call('EXPIRE', owner_key, ttl)
-redis.call('ZADD', owners, n(now), owner)
-redis.call('ZREMRANGEBYSCORE', owners, '-inf', n(now - ttl * 1000))
+owner_writes.hset.last_session = session
+owner_writes.hset.last_seq = n(seq)
+owner_writes.hset.updated_ms = n(now)
+owner_writes.expire = ttl
+local owners_writes = seq_later(owners)
+owners_writes.zadd[owner] = n(now)
+owners_writes.trim = n(now - ttl * 1000)
 return {'applied', counts.gaps_opened, counts.gaps_closed, counts.declared_drops}
 """#
 }
