@@ -76,6 +76,15 @@ public final class EventFactory: Sendable {
     /// event. Callers that spool must append in `seq` order (the publisher prepares and appends under one lock).
     public func prepare(_ eventType: EventType, fields: JSONObject, subject: Identifier? = nil,
                         options: Options = Options()) throws(EventPublisherError) -> Prepared {
+        var prepared = try prepareUnnumbered(eventType, fields: fields, subject: subject, options: options)
+        if isSequenced(eventType) { prepared.envelope.seq = takeSequence() }
+        return prepared
+    }
+
+    /// `prepare` without the `seq`: the envelope of a sequenced event has `seq` 0 (and its `ack` flag) until the
+    /// caller sets `takeSequence()`, so a spooling publisher validates and encodes outside its ordering lock.
+    func prepareUnnumbered(_ eventType: EventType, fields: JSONObject, subject: Identifier?,
+                           options: Options) throws(EventPublisherError) -> Prepared {
         var fields = fields
         if eventType.subjectKind == .trigger, let subject, fields["subject"] == nil {
             fields["subject"] = .string(subject.rawValue)
@@ -99,16 +108,18 @@ public final class EventFactory: Sendable {
         if let subject, subject != topicSubject {
             throw .subjectMismatch(eventType: eventType, given: subject.rawValue, payload: topicSubject.rawValue)
         }
-        if isSequenced(eventType) {
-            envelope.seq = sequence.withLock { value in
-                value += 1
-                return value
-            }
-            envelope.ack = isSpooled(eventType)
-        }
+        if isSequenced(eventType) { envelope.ack = isSpooled(eventType) }
         return Prepared(
             envelope: envelope, topic: scheme.topic(for: eventType, subject: topicSubject),
             delivery: policy.policy(for: eventType))
+    }
+
+    /// The next `seq` of the session.
+    func takeSequence() -> UInt64 {
+        sequence.withLock { value in
+            value += 1
+            return value
+        }
     }
 
     /// Gives back the last `seq` handed out when its event could not be stored, so the sequence stays gap-free.

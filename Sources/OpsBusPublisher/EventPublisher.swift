@@ -250,24 +250,34 @@ public final class EventPublisher: Sendable {
         return prepared.envelope
     }
 
-    /// Prepares the event and writes it to the spool under `appendLock`, so `seq` order is spool order; then waits
-    /// for durability outside the lock, so concurrent publishers share one fdatasync (group commit). A failure
-    /// after the lock (the sync failed, no room) leaves the seq declared dropped by the spool, never reused.
+    /// Prepares and encodes the event, then takes its `seq` and writes it to the spool under `appendLock`, so `seq`
+    /// order is spool order (the lock covers only the numbering and the write: concurrent publishing tasks spin on
+    /// it, BENCHMARKS.md); then waits for durability outside the lock, so concurrent publishers share one fdatasync
+    /// (group commit). A failure after the lock (the sync failed, no room) leaves the seq declared dropped by the
+    /// spool, never reused.
     private func spool(
         _ eventType: EventType, fields: JSONObject, subject: Identifier?, options: EventFactory.Options,
         into delivery: SpooledDelivery
     ) async throws(EventPublisherError) -> EventFactory.Prepared {
+        var unnumbered = try factory.prepareUnnumbered(eventType, fields: fields, subject: subject, options: options)
+        var seqDigits = 0..<0
+        var payload = unnumbered.envelope.encoded(seqDigits: &seqDigits)
+        let sequenced = factory.isSequenced(eventType)
+        let priority = Self.spoolPriority(eventType, delivery: unnumbered.delivery)
+        let coalesceKey = Self.coalesceKey(unnumbered.envelope)
         let (prepared, ticket) = try appendLock.withLock { _ throws(EventPublisherError) in
-            let prepared = try factory.prepare(eventType, fields: fields, subject: subject, options: options)
+            if sequenced {
+                unnumbered.envelope.seq = factory.takeSequence()
+                EventEnvelope.setSeq(unnumbered.envelope.seq, in: &payload, digits: seqDigits)
+            }
             let record = SpoolRecord(
-                sessionID: prepared.envelope.sessionID, seq: prepared.envelope.seq, topic: prepared.topic,
-                payload: prepared.envelope.encoded(), qos: UInt8(prepared.delivery.qos.rawValue),
-                retain: prepared.delivery.retain, priority: Self.spoolPriority(eventType, delivery: prepared.delivery),
-                coalesceKey: Self.coalesceKey(prepared.envelope))
+                sessionID: unnumbered.envelope.sessionID, seq: unnumbered.envelope.seq, topic: unnumbered.topic,
+                payload: payload, qos: UInt8(unnumbered.delivery.qos.rawValue), retain: unnumbered.delivery.retain,
+                priority: priority, coalesceKey: coalesceKey)
             do throws(SpoolError) {
-                return (prepared, try delivery.spool.write(record))
+                return (unnumbered, try delivery.spool.write(record))
             } catch {
-                factory.returnSequence(prepared.envelope.seq)
+                factory.returnSequence(unnumbered.envelope.seq)
                 throw .spool(error)
             }
         }

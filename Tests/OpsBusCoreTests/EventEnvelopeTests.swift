@@ -94,6 +94,24 @@ private func decodeError(_ text: String, maxBytes: Int = EventEnvelope.defaultMa
         #expect(try EventEnvelope.decode(envelope.encoded()) == envelope)
     }
 
+    /// The spooling publisher encodes with `seq` 0 outside its lock and sets the `seq` inside.
+    @Test(arguments: [UInt64(1), 9, 10, 99_999, UInt64(Int64.max)])
+    func seqSetInAnEncodingIsTheEncodingWithThatSeq(seq: UInt64) throws {
+        var envelope = EventEnvelope(
+            eventID: "01JQ7ZB5M4X9K2V8D3N6P0R1ST", eventType: .jobCompleted,
+            timestamp: EventTimestamp(millisecondsSinceEpoch: 1_772_368_496_789), source: "worker",
+            jobID: try Identifier(validating: "job-9"), sessionID: "s1", seq: 0, ack: true,
+            fields: ["seq_note": "\"seq\":0", "nested": ["seq": 0]])
+        var digits = 0..<0
+        var encoding = envelope.encoded(seqDigits: &digits)
+        #expect(encoding == envelope.encoded())
+        #expect(String(decoding: encoding[digits], as: UTF8.self) == "0")
+        EventEnvelope.setSeq(seq, in: &encoding, digits: digits)
+        envelope.seq = seq
+        #expect(String(decoding: encoding, as: UTF8.self) == envelope.encodedString())
+        #expect(try JSONValue.parse(encoding).objectValue?["seq"] == .int(Int64(seq)))
+    }
+
     @Test func absentOptionalsAreOmittedAndNullCountsAsAbsent() throws {
         let text = try EnvelopeFixtures.payload(.jobCompleted, replacing: "trace_id", with: "null")
         let envelope = try EventEnvelope.decode(text)

@@ -102,6 +102,13 @@ public struct EventEnvelope: Sendable, Hashable {
     /// A field whose name is an envelope key is skipped so the output never has duplicate keys
     /// (`validate()` reports such a field).
     public func encoded() -> [UInt8] {
+        var seqDigits = 0..<0
+        return encoded(seqDigits: &seqDigits)
+    }
+
+    /// `encoded()`, and where the digits of `seq` are in it: a publisher encodes outside its ordering lock and
+    /// sets the `seq` it takes inside (`setSeq(_:in:digits:)`), so the lock covers only the numbering and the write.
+    public func encoded(seqDigits: inout Range<Int>) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(320 + fields.count * 32)
         out.append(UInt8(ascii: "{"))
@@ -131,7 +138,9 @@ public struct EventEnvelope: Sendable, Hashable {
         string("connector_id", connectorID)
         string("session_id", sessionID)
         key("seq")
+        let seqStart = out.count
         JSONWriter.writeInteger(seq, into: &out)
+        seqDigits = seqStart..<out.count
         if let prevSeq {
             key("prev_seq")
             JSONWriter.writeInteger(prevSeq, into: &out)
@@ -160,6 +169,14 @@ public struct EventEnvelope: Sendable, Hashable {
         }
         out.append(UInt8(ascii: "}"))
         return out
+    }
+
+    /// Replaces the `seq` digits at `digits` (from `encoded(seqDigits:)`) in an encoding with `seq`: the result is
+    /// the encoding of the same envelope with that `seq`.
+    public static func setSeq(_ seq: UInt64, in encoding: inout [UInt8], digits: Range<Int>) {
+        var text: [UInt8] = []
+        JSONWriter.writeInteger(seq, into: &text)
+        encoding.replaceSubrange(digits, with: text)
     }
 
     /// `encoded()` as a string.
