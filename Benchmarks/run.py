@@ -74,6 +74,15 @@ def wait_port(port, seconds=10):
 class Servers:
     """Our own mosquitto and redis-server on free loopback ports, configured like OpsBusLocalServers does."""
 
+    SCRIPT_CALLS = ("evalsha", "eval", "script", "info", "xlen", "config", "ping", "flushall", "select", "client")
+
+    def script_commands(self):
+        """Calls of the commands scripts run, from `INFO commandstats` (the script calls and the benchmark's own
+        commands left out, but for its `HGET` of the processor's count, 100 per second, a fraction of a percent)."""
+        stats = self.redis.info("commandstats")
+        return sum(v["calls"] for k, v in stats.items()
+                   if k.startswith("cmdstat_") and k[len("cmdstat_"):].split("|")[0] not in self.SCRIPT_CALLS)
+
     def __init__(self, work):
         self.work = work
         self.redis_port = free_port()
@@ -93,7 +102,9 @@ class Servers:
         self.mqtt_log = None
 
     def fresh_broker(self):
-        """A new mosquitto with an empty persistence directory (persistence on, max_queued_messages 0)."""
+        """A new mosquitto with an empty persistence directory (persistence on, max_queued_messages 0), configured
+        like the tests' and deploy/'s (`set_tcp_nodelay true`: without it Nagle holds small packets on loopback for
+        tens of milliseconds, BENCHMARKS.md)."""
         self.stop_broker()
         self.redis.flushall()
         self.mqtt_port = free_port()
@@ -101,7 +112,7 @@ class Servers:
         self.mqtt_log = os.path.join(mdir, "mosquitto.log")
         lines = [f"listener {self.mqtt_port} 127.0.0.1", "allow_anonymous true", "persistence true",
                  f"persistence_location {mdir}/", "autosave_interval 1", "max_queued_messages 0",
-                 f"max_queued_bytes {512 * 1024 * 1024}", "max_inflight_messages 20",
+                 f"max_queued_bytes {512 * 1024 * 1024}", "max_inflight_messages 20", "set_tcp_nodelay true",
                  f"log_dest file {self.mqtt_log}", "log_type error", "log_type warning", "log_type subscribe"]
         if os.getuid() == 0:
             lines.append("user root")
@@ -303,6 +314,7 @@ class Bench:
         pids = [self.measured_pid(p) for p in procs]
         cpu0 = {pid: proc_cpu(pid) for pid in pids}
         servers0 = (proc_cpu(s.mqtt_proc.pid), proc_cpu(s.redis_proc.pid))
+        calls0 = s.script_commands()
         rss_peak = 0.0
         t0 = time.time()
         pub = subprocess.Popen([self.tool("mqtt_pub"), "-p", str(s.mqtt_port), "-f", load, "-n", str(events),
@@ -322,6 +334,9 @@ class Bench:
         servers1 = (proc_cpu(s.mqtt_proc.pid), proc_cpu(s.redis_proc.pid))
         extra["broker_cpu_us_per_event"] = (servers1[0] - servers0[0]) * 1e6 / events
         extra["redis_cpu_us_per_event"] = (servers1[1] - servers0[1]) * 1e6 / events
+        # Commands run inside scripts (every command but the script calls themselves), per event: what the state
+        # scripts cost in Redis, counted rather than timed, so it compares across runs on a noisy box.
+        extra["redis_commands_per_event"] = (s.script_commands() - calls0) / events
         rss = sum(proc_rss_mib(pid) or 0 for pid in pids)
         pub_out, pub_err = pub.communicate(timeout=120)
         if consumer == "c-sub":
@@ -456,7 +471,8 @@ class Bench:
                      cpu=statistics.median(self.figures(o, "cpu_us_per_event") or [float("nan")]),
                      note=f"RSS {statistics.median(self.figures(o, 'rss_peak_mib') or [0]):.0f} MiB total; "
                           f"redis-server {statistics.median(self.figures(o, 'redis_cpu_us_per_event') or [0]):.0f} "
-                          f"µs/ev, mosquitto {statistics.median(self.figures(o, 'broker_cpu_us_per_event') or [0]):.0f}")
+                          f"µs/ev and {statistics.median(self.figures(o, 'redis_commands_per_event') or [0]):.1f} "
+                          f"commands/ev, mosquitto {statistics.median(self.figures(o, 'broker_cpu_us_per_event') or [0]):.0f}")
 
     def scenario_latency(self):
         # 5,000/s is the issue's offered rate; 1,000/s is one the processor sustains on this box, so that row shows

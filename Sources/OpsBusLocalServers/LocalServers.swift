@@ -38,6 +38,9 @@ public enum LocalMosquitto {
                 "max_queued_messages \(configuration.maxQueuedMessages)",
                 "max_queued_bytes \(configuration.maxQueuedBytes)",
                 "max_inflight_messages \(configuration.maxInflightMessages)",
+                // Without it the broker's sockets use Nagle's algorithm: small packets wait for the peer's (delayed)
+                // ACK, tens of milliseconds on loopback (BENCHMARKS.md, latency).
+                "set_tcp_nodelay true",
                 "log_dest stdout",
                 "log_type error",
                 "log_type warning",

@@ -48,6 +48,7 @@ static void *publisher(void *arg) {
     (void)arg;
     struct mosquitto *m = mosquitto_new(NULL, true, NULL);
     mosquitto_max_inflight_messages_set(m, 20);
+    mosquitto_int_option(m, MOSQ_OPT_TCP_NODELAY, 1);   /* as opsbus's clients do; Nagle would hold small packets */
     if (mosquitto_connect(m, "127.0.0.1", mqtt_port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); exit(1); }
     mosquitto_loop_start(m);
     usleep(200000);
@@ -128,6 +129,7 @@ int main(int argc, char **argv) {
     out_file = fopen(out, "w");
     if (broker_only) {
         struct mosquitto *sub = mosquitto_new("bench-latency-sub", true, NULL);
+        mosquitto_int_option(sub, MOSQ_OPT_TCP_NODELAY, 1);
         mosquitto_message_callback_set(sub, on_message);
         if (mosquitto_connect(sub, "127.0.0.1", mqtt_port, 60) != MOSQ_ERR_SUCCESS) { fprintf(stderr, "connect failed\n"); return 1; }
         mosquitto_subscribe(sub, NULL, "jobs/#", 1);
