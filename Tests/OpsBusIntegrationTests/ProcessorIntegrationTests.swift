@@ -86,6 +86,13 @@ struct ProcessorIntegrationTests {
         #expect(try redis.command(["HGET", keys.worker("gpu-1"), "current_job"]).isNull)
         #expect(try redis.command(["SCARD", keys.workerInflight("gpu-1")]).int == 0)
         #expect(try redis.command(["HLEN", keys.resources("gpu-1")]).int == 0)
+        // The hour's success pattern, kept 30 days from its first event.
+        let buckets = try redis.command(["KEYS", keys.successPatterns("*")]).array?.compactMap(\.string) ?? []
+        #expect(!buckets.isEmpty)
+        for bucket in buckets {
+            let ttl = try redis.command(["TTL", bucket]).int ?? -2
+            #expect(ttl > 29 * 86_400 && ttl <= 30 * 86_400, "\(bucket): TTL \(ttl)")
+        }
         await publisher.disconnect()
         await processor.stop()
     }

@@ -117,6 +117,29 @@ struct ProcessorSessionTests {
         await processor.stop()
     }
 
+    @Test("a job.started older than the worker's newest health records the job but keeps that health's status; a newer one makes the worker busy")
+    func staleStartKeepsNewerStatus() async throws {
+        let processor = try await RunningProcessor.start(servers)
+        let redis = try servers.redisConnection()
+        let raw = try await Kit.rawPublisher(servers.mqttEndpoint, clientID: "session-stale-start")
+        let session = try Session(worker: "gpu-ss")
+        var late = try session.started("job-ss-1")
+        late.envelope.timestamp = now(plusSeconds: -30)
+        try await Kit.publish([try session.health("online", bdSeq: 1), late], with: raw)
+        #expect(try await waitUntil { try self.received(redis) == 2 })
+        var worker = try hash(keys.worker("gpu-ss"), redis)
+        #expect(worker["status"] == "online" && worker["current_job"] == "job-ss-1", "\(worker)")
+
+        var fresh = try session.started("job-ss-2")
+        fresh.envelope.timestamp = now(plusSeconds: 30)
+        try await Kit.publish([fresh], with: raw)
+        #expect(try await waitUntil { try self.received(redis) == 3 })
+        worker = try hash(keys.worker("gpu-ss"), redis)
+        #expect(worker["status"] == "busy" && worker["current_job"] == "job-ss-2", "\(worker)")
+        await raw.disconnect()
+        await processor.stop()
+    }
+
     @Test("a will with the current bd_seq marks the worker unreachable; its job keeps running and operators see it")
     func currentWillMarksUnreachable() async throws {
         let processor = try await RunningProcessor.start(servers)  // default grace (30 s): nothing fails over here

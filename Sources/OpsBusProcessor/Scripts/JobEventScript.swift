@@ -107,11 +107,11 @@ local function release_resources(worker)
     redis.call('HDEL', p .. 'resources:{' .. worker .. '}', 'job:' .. job_id)
     redis.call('SREM', p .. 'worker:{' .. worker .. '}:inflight', job_id)
     local wkey = p .. 'worker:{' .. worker .. '}'
-    if redis.call('HGET', wkey, 'current_job') == job_id then
+    local current_job, state_ts, worker_status = unpack(redis.call('HMGET', wkey, 'current_job', 'state_ts', 'status'))
+    if current_job == job_id then
       -- The worker is free again, unless it reported a newer health of its own.
       redis.call('HDEL', wkey, 'current_job')
-      local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
-      if ts_ms >= state_ts and redis.call('HGET', wkey, 'status') == 'busy' then
+      if ts_ms >= (tonumber(state_ts) or -1) and worker_status == 'busy' then
         redis.call('HSET', wkey, 'status', 'idle', 'state_ts', ts_ms)
       end
     end
@@ -258,7 +258,10 @@ if worker == '' then worker = stored_worker end
 local hour_ttl = 30 * 86400
 
 if target == 'processing' then
-  local worker_status = worker and worker ~= '' and redis.call('HGET', p .. 'worker:{' .. worker .. '}', 'status')
+  local worker_status, state_ts = false, nil
+  if worker and worker ~= '' then
+    worker_status, state_ts = unpack(redis.call('HMGET', p .. 'worker:{' .. worker .. '}', 'status', 'state_ts'))
+  end
   if worker_status == 'offline' or worker_status == 'deregistered' then
     -- The worker's death was applied before this (earlier-timestamped) start arrived, so no failover will come
     -- from the worker side: fail the job over now, with the same derived id as that failover would have.
@@ -271,9 +274,8 @@ if target == 'processing' then
   elseif worker and worker ~= '' then
     local wkey = p .. 'worker:{' .. worker .. '}'
     redis.call('SADD', p .. 'worker:{' .. worker .. '}:inflight', job_id)
-    local state_ts = tonumber(redis.call('HGET', wkey, 'state_ts')) or -1
     -- An unreachable worker stays so until its birth: a start flushed or reordered after the will is older news.
-    if ts_ms >= state_ts and worker_status ~= 'unreachable' then
+    if ts_ms >= (tonumber(state_ts) or -1) and worker_status ~= 'unreachable' then
       redis.call('HSET', wkey, 'current_job', job_id, 'status', 'busy', 'state_ts', ts_ms)
     else
       redis.call('HSET', wkey, 'current_job', job_id)
@@ -297,18 +299,19 @@ elseif target == 'completed' then
   end
   local bucket = p .. 'patterns:success:' .. ctx.hour
   local field = service .. '|' .. model
-  redis.call('HINCRBY', bucket, field .. ':count', 1)
+  -- The hour's bucket expires 30 days after its first event (set when its first counter is created).
+  if redis.call('HINCRBY', bucket, field .. ':count', 1) == 1 then redis.call('EXPIRE', bucket, hour_ttl) end
   if ctx.processing_time then redis.call('HINCRBYFLOAT', bucket, field .. ':processing_time', ctx.processing_time) end
   if ctx.resource_efficiency then redis.call('HINCRBYFLOAT', bucket, field .. ':efficiency', ctx.resource_efficiency) end
-  redis.call('EXPIRE', bucket, hour_ttl)
   notify('job.completed', {processing_time = ctx.processing_time, output_urls = ctx.output_urls})
 elseif target == 'failed' then
   release_resources(worker)
   local service = ctx.service_type or 'unknown'
   local error_type = ctx.error_type or 'unknown'
   local bucket = p .. 'patterns:failure:' .. ctx.hour
-  redis.call('HINCRBY', bucket, service .. '|' .. error_type .. ':count', 1)
-  redis.call('EXPIRE', bucket, hour_ttl)
+  if redis.call('HINCRBY', bucket, service .. '|' .. error_type .. ':count', 1) == 1 then
+    redis.call('EXPIRE', bucket, hour_ttl)
+  end
   if ctx.resource_impact == 'high' and worker then
     redis.call('HSET', p .. 'worker:{' .. worker .. '}', 'investigate', 'true',
       'investigate_reason', error_type .. ' with high resource impact on job ' .. job_id)
