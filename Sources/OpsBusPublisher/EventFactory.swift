@@ -73,7 +73,7 @@ public final class EventFactory: Sendable {
     /// context's worker id, queue/service/model events their `queue`/`service`/`model` field, triggers their
     /// `subject` field (filled from `subject` when absent). A `subject` that disagrees with the payload is refused.
     /// A `seq` is consumed only by sequenced events that pass validation, so receivers never see a gap for a refused
-    /// event. Callers that spool must append in `seq` order (the publisher prepares and appends under one lock).
+    /// event. Callers that spool must append in `seq` order (the publisher takes the `seq` and appends under one lock).
     public func prepare(_ eventType: EventType, fields: JSONObject, subject: Identifier? = nil,
                         options: Options = Options()) throws(EventPublisherError) -> Prepared {
         var prepared = try prepareUnnumbered(eventType, fields: fields, subject: subject, options: options)

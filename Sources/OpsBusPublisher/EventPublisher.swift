@@ -259,25 +259,25 @@ public final class EventPublisher: Sendable {
         _ eventType: EventType, fields: JSONObject, subject: Identifier?, options: EventFactory.Options,
         into delivery: SpooledDelivery
     ) async throws(EventPublisherError) -> EventFactory.Prepared {
-        var unnumbered = try factory.prepareUnnumbered(eventType, fields: fields, subject: subject, options: options)
+        var event = try factory.prepareUnnumbered(eventType, fields: fields, subject: subject, options: options)
         var seqDigits = 0..<0
-        var payload = unnumbered.envelope.encoded(seqDigits: &seqDigits)
+        var payload = event.envelope.encoded(seqDigits: &seqDigits)
         let sequenced = factory.isSequenced(eventType)
-        let priority = Self.spoolPriority(eventType, delivery: unnumbered.delivery)
-        let coalesceKey = Self.coalesceKey(unnumbered.envelope)
+        let priority = Self.spoolPriority(eventType, delivery: event.delivery)
+        let coalesceKey = Self.coalesceKey(event.envelope)
         let (prepared, ticket) = try appendLock.withLock { _ throws(EventPublisherError) in
             if sequenced {
-                unnumbered.envelope.seq = factory.takeSequence()
-                EventEnvelope.setSeq(unnumbered.envelope.seq, in: &payload, digits: seqDigits)
+                event.envelope.seq = factory.takeSequence()
+                EventEnvelope.setSeq(event.envelope.seq, in: &payload, digits: seqDigits)
             }
             let record = SpoolRecord(
-                sessionID: unnumbered.envelope.sessionID, seq: unnumbered.envelope.seq, topic: unnumbered.topic,
-                payload: payload, qos: UInt8(unnumbered.delivery.qos.rawValue), retain: unnumbered.delivery.retain,
+                sessionID: event.envelope.sessionID, seq: event.envelope.seq, topic: event.topic,
+                payload: payload, qos: UInt8(event.delivery.qos.rawValue), retain: event.delivery.retain,
                 priority: priority, coalesceKey: coalesceKey)
             do throws(SpoolError) {
-                return (unnumbered, try delivery.spool.write(record))
+                return (event, try delivery.spool.write(record))
             } catch {
-                factory.returnSequence(unnumbered.envelope.seq)
+                if sequenced { factory.returnSequence(event.envelope.seq) }
                 throw .spool(error)
             }
         }
