@@ -40,9 +40,6 @@ extension JournalBatchSink {
 /// publisher session, so what one publisher sent stays in order) and hands each part to its partition's writer thread,
 /// so Redis runs one part while the next is prepared and sent. Parts of different partitions complete in any order;
 /// the committed position only moves past a batch once every part of it and of every batch before it is written.
-/// A small batch (`unsplitBatchLimit`) read while no batch is being written goes whole to one writer, and nothing
-/// else is handed out until it is written: at moderate rates batches are small, and splitting each into one call
-/// per writer doubles the per-call costs (BENCHMARKS.md, latency); order holds because no other part is in flight.
 public final class JournalDrain: Sendable {
     /// How stale the persisted committed position may get (BENCHMARKS.md defect 3): at most this much of the
     /// journal is replayed (and deduplicated by Redis) after a crash, instead of a file write + rename per batch.
@@ -51,8 +48,6 @@ public final class JournalDrain: Sendable {
     private let journal: Journal
     private let sinks: [any JournalBatchSink]
     private let batchSize: Int
-    /// Several sinks: a batch of at most this many records, read while no batch is being written, is not split.
-    private let unsplitBatchLimit: Int
     /// Bytes read per batch at most (at least one record). Each batch is held about three times while it is written
     /// (journal bytes, the Redis command, the connection's buffer): 2 MiB keeps a bridge of 64 KiB payloads well
     /// inside its memory target (BENCHMARKS.md), and at 64 KiB a batch of 32 records is still large.
@@ -103,16 +98,13 @@ public final class JournalDrain: Sendable {
 
     /// `sinks`: one writer thread per sink when there are several (see the type's documentation); `partition`
     /// names the sink of a record (taken modulo the number of sinks; records that must stay in order must share
-    /// it); `unsplitBatchLimit`: batches of at most this many records go whole to one writer when no other batch
-    /// is being written (0: every batch is split). With one sink, `partition` and the limit are not used.
+    /// it). With one sink, `partition` is not used.
     public init(journal: Journal, sinks: [any JournalBatchSink], partition: (@Sendable (JournalRecord) -> Int)?,
-                batchSize: Int, unsplitBatchLimit: Int = 0, drainTimeout: Duration, threadName: String,
-                logger: Logger) {
+                batchSize: Int, drainTimeout: Duration, threadName: String, logger: Logger) {
         precondition(!sinks.isEmpty, "a journal drain needs a sink")
         self.journal = journal
         self.sinks = sinks
         self.partition = partition
-        self.unsplitBatchLimit = unsplitBatchLimit
         handOff = Mutex(HandOff(queues: Array(repeating: [], count: sinks.count)))
         work = sinks.map { _ in DispatchSemaphore(value: 0) }
         self.batchSize = max(1, batchSize)
@@ -266,11 +258,6 @@ public final class JournalDrain: Sendable {
         var inFlight: [(serial: Int, next: JournalPosition)] = []
         var nextSerial = 0
         var gaveUp = false
-        var unsplitSerial: Int?  // the last batch handed out whole
-        func writer(of entry: JournalEntry) -> Int {
-            let index = (partition?(entry.record) ?? 0) % sinks.count
-            return index < 0 ? index + sinks.count : index
-        }
         while true {
             // Commit the written prefix; a batch given up at the deadline stops both committing and reading.
             let (remaining, givenUp) = handOff.withLock { ($0.remaining, $0.gaveUp) }
@@ -292,7 +279,7 @@ public final class JournalDrain: Sendable {
                     }
                     break
                 }
-            } else if inFlight.count < sinks.count, !inFlight.contains(where: { $0.serial == unsplitSerial }) {
+            } else if inFlight.count < sinks.count {
                 guard let batch = readBatch(from: readPosition) else {
                     if stop.requested && inFlight.isEmpty { break }
                     _ = wakeup.wait(timeout: .now() + 1)
@@ -300,11 +287,9 @@ public final class JournalDrain: Sendable {
                 }
                 if !batch.entries.isEmpty {
                     var parts = Array(repeating: [JournalEntry](), count: sinks.count)
-                    if inFlight.isEmpty && batch.entries.count <= unsplitBatchLimit {
-                        parts[writer(of: batch.entries[0])] = batch.entries
-                        unsplitSerial = nextSerial
-                    } else {
-                        for entry in batch.entries { parts[writer(of: entry)].append(entry) }
+                    for entry in batch.entries {
+                        let index = (partition?(entry.record) ?? 0) % sinks.count
+                        parts[index < 0 ? index + sinks.count : index].append(entry)
                     }
                     let serial = nextSerial
                     handOff.withLock { state in

@@ -86,10 +86,7 @@ public final class EventProcessor: Sendable {
             let drain = JournalDrain(
                 journal: journal, sinks: ([applier] + extraAppliers).map { BatchSink(applier: $0, metrics: metrics) },
                 partition: { [scheme = configuration.scheme] in Self.partition($0.topic, $0.payload, scheme: scheme) },
-                // A batch of up to an eighth of the maximum (16 of 128: the drain keeps up) is one call, not one
-                // per writer.
-                batchSize: settings.batchSize, unsplitBatchLimit: settings.batchSize / 8,
-                drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
+                batchSize: settings.batchSize, drainTimeout: .milliseconds(Int(settings.drainTimeout * 1000)),
                 threadName: "opsbus-processor-drain", logger: logger)
             batching = Batching(
                 journal: journal, drain: drain, admission: JournalAdmission(journal: journal, drain: drain, logger: logger),

@@ -13,9 +13,6 @@ struct JournalDrainTests {
     final class Outcome: Sendable {
         let written = Mutex<[Int]>([])
         let violations = Mutex<[String]>([])
-        /// Batches a sink got with records of several partitions (handed out whole), and parts of one partition.
-        let mixedBatches = Mutex(0)
-        let partitionParts = Mutex(0)
         /// The number of writers: record n's predecessor in its partition is n - writers.
         let writers: Int
         init(writers: Int) { self.writers = writers }
@@ -76,11 +73,6 @@ struct JournalDrainTests {
                 }
                 written += numbers
             }
-            if Set(numbers.map { $0 % outcome.writers }).count > 1 {
-                outcome.mixedBatches.withLock { $0 += 1 }
-            } else if numbers.count > 1 {
-                outcome.partitionParts.withLock { $0 += 1 }
-            }
         }
     }
 
@@ -88,10 +80,8 @@ struct JournalDrainTests {
         FileManager.default.temporaryDirectory.appendingPathComponent("opsbus-drain-\(UUID().uuidString)").path
     }
 
-    static func append(_ numbers: Range<Int>, to journal: Journal, drain: JournalDrain,
-                       pause: (Int) -> Double = { _ in 0 }) {
+    static func append(_ numbers: Range<Int>, to journal: Journal, drain: JournalDrain) {
         for number in numbers {
-            if pause(number) > 0 { Thread.sleep(forTimeInterval: pause(number)) }
             let record = JournalRecord(topic: "t", payload: Array(String(number).utf8), qos: 1, retain: false,
                                        receivedAtMilliseconds: 0)
             guard case .appended = journal.append(record) else { Issue.record("append \(number) failed"); return }
@@ -106,18 +96,16 @@ struct JournalDrainTests {
 
     /// Drains records `0..<count` through `sinks` made by `makeSink(index, journal, outcome)`, from `append` to the
     /// drain's exit; returns the closed journal's directory (the caller removes it) and what the sinks saw.
-    static func drain(_ count: Int, writers: Int, batchSize: Int, unsplitBatchLimit: Int = 0,
-                      pause: (Int) -> Double = { _ in 0 }, drainTimeout: Duration,
+    static func drain(_ count: Int, writers: Int, batchSize: Int, drainTimeout: Duration,
                       _ makeSink: (Int, Journal, Outcome) -> RecordingSink) async throws -> (path: String, outcome: Outcome) {
         let path = directory()
         let journal = try Journal(directory: path)
         let outcome = Outcome(writers: writers)
         let sinks = (0..<writers).map { makeSink($0, journal, outcome) }
         let drain = JournalDrain(journal: journal, sinks: sinks, partition: partition, batchSize: batchSize,
-                                 unsplitBatchLimit: unsplitBatchLimit, drainTimeout: drainTimeout,
-                                 threadName: "test-drain", logger: logger)
+                                 drainTimeout: drainTimeout, threadName: "test-drain", logger: logger)
         drain.start()
-        append(0..<count, to: journal, drain: drain, pause: pause)
+        append(0..<count, to: journal, drain: drain)
         drain.requestStop()
         await drain.waitForExit()
         #expect(outcome.violations.withLock { $0 }.isEmpty, "\(outcome.violations.withLock { $0 }.prefix(3))")
@@ -143,23 +131,6 @@ struct JournalDrainTests {
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(outcome.written.withLock { $0 }.sorted() == Array(0..<500))
         #expect(try Self.replayed(path).isEmpty, "everything written is committed: nothing replayed")
-    }
-
-    @Test("small batches go whole to one writer while no batch is being written, large ones are split: each partition in order, every record once")
-    func smallBatchesGoWhole() async throws {
-        // Paced appends make small batches (handed out whole), bursts make full ones (split); the first writer is
-        // slow, so a split part would overtake a whole batch still being written if the drain handed it out.
-        let (path, outcome) = try await Self.drain(
-            600, writers: 3, batchSize: 20, unsplitBatchLimit: 5, pause: { $0 % 60 < 20 ? 0.002 : 0 },
-            drainTimeout: .seconds(30)
-        ) { index, journal, outcome in
-            RecordingSink(journal: journal, outcome: outcome, delay: { _ in index == 0 ? 0.01 : 0.001 })
-        }
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        #expect(outcome.written.withLock { $0 }.sorted() == Array(0..<600))
-        #expect(outcome.mixedBatches.withLock { $0 } > 0, "some batches went whole to one writer")
-        #expect(outcome.partitionParts.withLock { $0 } > 0, "some batches were split")
-        #expect(try Self.replayed(path).isEmpty)
     }
 
     @Test("a batch that fails is retried by its writer; the commit waits for it while later batches complete")
