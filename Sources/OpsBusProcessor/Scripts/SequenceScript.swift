@@ -196,9 +196,10 @@ end
 session_writes.hset.updated_ms = n(now)
 session_writes.expire = ttl
 seq_later(gaps_key).expire = ttl
-local stats_writes, owner_writes = seq_later(stats), seq_later(owner_key)
+local owner_writes = seq_later(owner_key)
 for field, value in pairs(counts) do
   if value > 0 then
+    local stats_writes = seq_later(stats)
     stats_writes.incr[field] = (stats_writes.incr[field] or 0) + value
     owner_writes.incr[field] = (owner_writes.incr[field] or 0) + value
   end
