@@ -95,4 +95,52 @@ struct ProcessorStatsTests {
         #expect(try redis.command(["SCARD", keys.jobSeen("job-trim")]).int == 5)
         #expect(try stats(redis)["events_received"] == "5")
     }
+
+    @Test("a batch call counts its events like one call per event: the same stats and per-minute hashes")
+    func batchCountsLikeSingleCalls() throws {
+        let redis = try servers.redisConnection()
+        let configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-b")))
+        let jobs = try ["job-b1", "job-b2"].map { try Identifier(validating: $0) }
+        let started = try factory.prepare(.jobStarted, fields: ["worker_assigned": "gpu-b"], options: .init(jobID: jobs[0]))
+        let prepared = [
+            started,
+            try factory.prepare(.jobProgress, fields: ["progress_percentage": 40], options: .init(jobID: jobs[0])),
+            try factory.prepare(.jobProgress, fields: ["progress_percentage": 10], options: .init(jobID: jobs[1])),
+            started,  // a duplicate
+            try factory.prepare(.workerHeartbeat, fields: [:]),
+            try factory.prepare(.jobCompleted, fields: ["processing_time": 2.5], options: .init(jobID: jobs[0])),
+            try factory.prepare(.jobCompleted, fields: ["processing_time": 1], options: .init(jobID: jobs[1])),
+        ]
+        let plans = try prepared.map { try plan($0, configuration: configuration) }
+        let minutes = Set(plans.map { keys.statsMinute($0.now.millisecondsSinceEpoch / 60_000) })
+        func counted() throws -> [String: [String: String]] {
+            var hashes = [keys.stats: try stats(redis)]
+            for minute in minutes { hashes[minute] = try redis.command(["HGETALL", minute]).hashDictionary() }
+            return hashes
+        }
+
+        try redis.command(["FLUSHDB"])
+        let alone = try plans.map { try $0.apply(on: redis).result }
+        #expect(alone.filter { $0 == .duplicate }.count == 1, "\(alone)")
+        let each = try counted()
+        #expect(each[keys.stats]?["type:job.progress"] == "2" && each[keys.stats]?["outcome:duplicate"] == "1",
+                "\(each)")
+
+        try redis.command(["FLUSHDB"])
+        var callKeys: [String] = []
+        var arguments: [String] = []
+        var calls = 0
+        for plan in plans {
+            for call in [plan.eventCall(retried: false), plan.sequenceCall].compactMap({ $0 }) {
+                callKeys += call.keys
+                arguments += [call.kind, String(call.keys.count), String(call.arguments.count)] + call.arguments
+                calls += 1
+            }
+        }
+        let batch = try #require(try redis.evaluate(BatchApplyScript.script, keys: callKeys,
+                                                    arguments: [String(calls)] + arguments).array)
+        #expect(batch.allSatisfy { $0.array?.first?.int == 1 }, "\(batch)")
+        #expect(try counted() == each)
+    }
 }

@@ -53,16 +53,18 @@ enum JobEventScript {
     static let script = RedisScript(name: "opsbus_apply_job_event", source: EventStatsScript.function + shared + body)
 
     /// Defined once per script call, before `body`: the seen sets whose TTL this call has already checked (a batch
-    /// holds many events of one job; the check is a `TTL` command).
-    static let shared = "local seen_checked = {}\n"
-
-    /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
-    static let body = #"""
-local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
+    /// holds many events of one job; the check is a `TTL` command), and the status tables (built once, not per event).
+    static let shared = #"""
+local seen_checked = {}
 local status_index = {received = 1, processing = 2, completed = 3, failed = 4, retry_scheduled = 5, dead_lettered = 6}
 local rank = {received = 0, processing = 1, completed = 2, failed = 2, retry_scheduled = 3, dead_lettered = 3}
 local implied = {received = 'received', started = 'processing', progress = 'processing', completed = 'completed',
                  failed = 'failed', retry_scheduled = 'retry_scheduled', dead_lettered = 'dead_lettered'}
+"""#
+
+    /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
+    static let body = #"""
+local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
 local event_id, event, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local progress_arg, ts, entry = ARGV[4], ARGV[5], ARGV[6]
 local timeline_limit, job_id, seen_ttl, worker_id = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10]
