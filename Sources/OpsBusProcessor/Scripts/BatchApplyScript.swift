@@ -74,6 +74,11 @@ for i = 1, tonumber(ARGV[1]) do
   seq_call = i
   local ok, result = pcall(fn, keys, args)
   if ok then
+    if fn == job_event then
+      \#(JobEventScript.count(keys: "keys", arguments: "args"))
+    elseif fn == entity_event then
+      \#(EntityEventScript.count(keys: "keys", arguments: "args"))
+    end
     results[i] = {1, result}
   elseif type(result) == 'table' and result.err then
     results[i] = {0, result.err}

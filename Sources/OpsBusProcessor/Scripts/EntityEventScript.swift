@@ -47,9 +47,18 @@ import OpsBusRedis
 enum EntityEventScript {
     static let firstStateArgument = 11
 
-    static let script = RedisScript(name: "opsbus_apply_entity_event", source: EventStatsScript.function + body)
+    static let script = RedisScript(
+        name: "opsbus_apply_entity_event",
+        source: EventStatsScript.function + "local function apply_entity_event(KEYS, ARGV)\n" + body + "\nend\n"
+            + "local result = apply_entity_event(KEYS, ARGV)\n" + count(keys: "KEYS", arguments: "ARGV") + "\nreturn result\n")
 
-    /// The Lua of one call after the shared functions: also run per event, as a function, by `BatchApplyScript`.
+    /// Lua counting the event (`count_event`) with its reply `result`, after `body` returned it.
+    static func count(keys: String, arguments: String) -> String {
+        "count_event(\(keys)[4], \(keys)[5], \(arguments)[8], result, \(arguments)[9], \(arguments)[10])"
+    }
+
+    /// The Lua of one event, the body of a function of `KEYS` and `ARGV` that returns the event's reply (the caller
+    /// counts it, `count`): run once by `script`, once per event by `BatchApplyScript` (see `JobEventScript.body`).
     static let body = #"""
 local entity, seen, index = KEYS[1], KEYS[2], KEYS[3]
 local event_id, ts, seen_ttl, id = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
@@ -58,7 +67,6 @@ local ctx = cjson.decode(ARGV[7])
 local first_state = 11
 local p = ctx.prefix
 
-local function apply()
 if redis.call('SADD', seen, event_id) == 0 then return 'duplicate' end
 if redis.call('TTL', seen) < seen_ttl - math.floor(seen_ttl / 10) then redis.call('EXPIRE', seen, seen_ttl) end
 local first_counter = first_state + state_pairs * 2
@@ -221,10 +229,5 @@ elseif ctx.kind == 'service' and ctx.status then
   end
 end
 return 'applied'
-end
-
-local result = apply()
-count_event(KEYS[4], KEYS[5], ARGV[8], result, ARGV[9], ARGV[10])
-return result
 """#
 }
