@@ -65,8 +65,8 @@ local key_at, arg_at = 0, 2
 for i = 1, tonumber(ARGV[1]) do
   local fn, key_count, arg_count = calls[ARGV[arg_at]], tonumber(ARGV[arg_at + 1]), tonumber(ARGV[arg_at + 2])
   arg_at = arg_at + 3
-  -- `unpack` into a table constructor: one allocation of the right size, copied in C (a Lua loop cost about a tenth
-  -- of the batch's Redis time). A call has at most a few hundred arguments (`EventEnvelope.maximumEventFields`),
+  -- `unpack` into a table constructor: one allocation of the right size, copied in C (a Lua loop cost a tenth of
+  -- Redis's instructions per event, `Benchmarks/redis_replay.py`). A call has at most a few hundred arguments (`EventEnvelope.maximumEventFields`),
   -- far below what `unpack` can return (8,000).
   local keys = {unpack(KEYS, key_at + 1, key_at + key_count)}
   local args = {unpack(ARGV, arg_at, arg_at + arg_count - 1)}

@@ -73,7 +73,7 @@ local implied = {received = 'received', started = 'processing', progress = 'proc
     /// The Lua of one event, the body of a function of `KEYS` and `ARGV` that returns the event's reply (the caller
     /// counts it, `count`): run once by `script`, once per event by `BatchApplyScript`. The state logic is this
     /// function's own code, not a closure inside it: a closure captures every local it uses, and Redis's Lua
-    /// allocates each captured local (a tenth of the job event's cost in Redis, measured with `redis_replay.py`).
+    /// allocates each captured local (3 % of Redis's instructions per event, `Benchmarks/redis_replay.py`).
     static let body = #"""
 local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
 local event_id, event, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
