@@ -20,13 +20,13 @@ def request_only(source):
 
 
 def calls_split(source):
-    """Plus the per-call tables (keys, arguments) and the results; no event function runs."""
+    """Plus the per-call tables (keys, arguments), the results and the counting; no event function runs."""
     return _batch(source, lambda s: _replace(s, "local ok, result = pcall(fn, keys, args)",
                                              "local ok, result = true, {'applied'}"))
 
 
 def functions_return(source):
-    """Plus calling the event functions, which return at once; the stats and sequence flushes run (empty)."""
+    """Plus calling the event functions, which return at once."""
     def cut(s):
         for name in ("job_event", "entity_event", "sequence_event"):
             s = _replace(s, f"local function {name}(KEYS, ARGV)",
@@ -35,7 +35,9 @@ def functions_return(source):
     return _batch(source, cut)
 
 
-def job_setup_and_count(source):
-    """Plus the job script's set-up (locals, helper closures) and its counting, without applying the event."""
-    return _batch(source, lambda s: _replace(s, "local result = apply()\ncount_event(",
-                                             "local result = {'applied', '', '', ''}\ncount_event("))
+def job_setup(source):
+    """Plus the job script's set-up (locals, helper closures) before it reads the job, and the sequence calls in
+    full; the job events are not applied."""
+    return _batch(source, lambda s: _replace(s, "local stored = redis.call('HMGET', job,",
+                                             "if true then return {'applied', '', '', ''} end\n"
+                                             "local stored = redis.call('HMGET', job,"))
