@@ -107,11 +107,17 @@ final class EventApplier {
             }
         }
         if !calls.isEmpty {
-            var keys: [String] = []
-            var arguments = [String(calls.count)]
+            // Encoded as they are appended: one buffer each, no array per argument (`RedisArguments`).
+            var keys = RedisArguments(reservingCapacity: calls.count * 12 * 40)
+            var arguments = RedisArguments(reservingCapacity: planned.reduce(0) { $0 + $1.0.payload.count } * 2
+                                                               + calls.count * 40 * 16)
+            arguments.append(calls.count)
             for (_, call) in calls {
-                keys += call.keys
-                arguments += [call.kind, String(call.keys.count), String(call.arguments.count)] + call.arguments
+                for key in call.keys { keys.append(key) }
+                arguments.append(call.kind)
+                arguments.append(call.keys.count)
+                arguments.append(call.arguments.count)
+                for argument in call.arguments { arguments.append(argument) }
             }
             pipeline.appendEvaluate(BatchApplyScript.script, keys: keys, arguments: arguments)
         }

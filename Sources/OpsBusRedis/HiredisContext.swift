@@ -80,6 +80,18 @@ final class HiredisContext {
         return .success(())
     }
 
+    /// Buffers bytes already in the wire format (`RedisArguments`); hiredis copies them to its output buffer as they
+    /// are, so a command may be handed over in several parts.
+    func appendEncoded(_ parts: [[UInt8]]) -> Result<Void, HiredisFailure> {
+        for part in parts where !part.isEmpty {
+            let status = part.withUnsafeBufferPointer { bytes in
+                bytes.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
+            }
+            guard status == REDIS_OK else { return .failure(lastFailure()) }
+        }
+        return .success(())
+    }
+
     /// Flushes buffered commands (first call) and reads the next reply.
     func nextReply() -> Result<RedisReply, HiredisFailure> {
         var raw: UnsafeMutableRawPointer?

@@ -202,20 +202,37 @@ public final class RedisConnection {
     }
 
     public func pipeline(_ commands: [[[UInt8]]]) throws(RedisError) -> [RedisReply] {
+        try pipeline(wire: commands.map { .arguments($0) })
+    }
+
+    /// A command as the pipeline sends it: its arguments, or (script calls built with `RedisArguments`) its bytes
+    /// already in the wire format.
+    enum WireCommand {
+        case arguments([[UInt8]])
+        /// `EVALSHA` encoded in parts; never a command `checkSupported` refuses or `observe` tracks.
+        case encoded([[UInt8]])
+    }
+
+    func pipeline(wire commands: [WireCommand]) throws(RedisError) -> [RedisReply] {
         guard !commands.isEmpty else { return [] }
-        try Self.checkSupported(commands, inPipeline: true)
+        try Self.checkSupported(commands.compactMap { if case let .arguments(a) = $0 { a } else { nil } },
+                                inPipeline: true)
         let context = try usableContext()
-        for arguments in commands {
-            if case let .failure(failure) = context.append(arguments) {
+        for command in commands {
+            let appended = switch command {
+            case let .arguments(arguments): context.append(arguments)
+            case let .encoded(parts): context.appendEncoded(parts)
+            }
+            if case let .failure(failure) = appended {
                 throw markBroken(failure, commandMayHaveRun: false)  // only buffered so far
             }
         }
         var replies: [RedisReply] = []
         replies.reserveCapacity(commands.count)
-        for arguments in commands {
+        for command in commands {
             switch context.nextReply() {
             case let .success(reply):
-                observe(arguments, reply)
+                if case let .arguments(arguments) = command { observe(arguments, reply) }
                 replies.append(reply)
             case let .failure(failure):
                 throw markBroken(failure, commandMayHaveRun: true)

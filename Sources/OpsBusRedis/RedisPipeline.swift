@@ -10,6 +10,22 @@ public struct RedisPipeline {
     enum Entry {
         case command([[UInt8]])
         case evaluate(RedisScript, [[UInt8]])
+        /// A script call built with `RedisArguments`: its wire bytes in parts (header, keys, arguments).
+        case evaluateEncoded(RedisScript, [[UInt8]])
+
+        var script: RedisScript? {
+            switch self {
+            case .command: nil
+            case let .evaluate(script, _), let .evaluateEncoded(script, _): script
+            }
+        }
+
+        var wire: RedisConnection.WireCommand {
+            switch self {
+            case let .command(arguments), let .evaluate(_, arguments): .arguments(arguments)
+            case let .evaluateEncoded(_, parts): .encoded(parts)
+            }
+        }
     }
 
     private let connection: RedisConnection
@@ -38,6 +54,17 @@ public struct RedisPipeline {
         entries.append(.evaluate(script, RedisConnection.evalshaArguments(script, keys: keys, arguments: arguments)))
     }
 
+    /// A script call whose keys and arguments are already encoded: no per-argument arrays, no hiredis formatting
+    /// (the batching processor's calls hold thousands of arguments).
+    public mutating func appendEvaluate(_ script: RedisScript, keys: RedisArguments, arguments: RedisArguments) {
+        var head = RedisArguments(reservingCapacity: 64)
+        head.append("EVALSHA")
+        head.append(script.sha)
+        head.append(keys.count)
+        let header = RedisArguments.arrayHeader(head.count + keys.count + arguments.count) + head.encoded
+        entries.append(.evaluateEncoded(script, [header, keys.encoded, arguments.encoded]))
+    }
+
     /// Runs the pipeline. Throws only for connection failures (I/O, timeout: some slots may have run) and for
     /// refused commands; error replies, including script errors, are returned in their slots.
     public func execute() throws(RedisError) -> [RedisReply] {
@@ -45,17 +72,13 @@ public struct RedisPipeline {
 
         // Scripts this connection has not loaded yet: SCRIPT LOAD them first, in the same round trip.
         var preload: [RedisScript] = []
-        for case let .evaluate(script, _) in entries where !connection.isLoaded(script) && !preload.contains(script) {
-            preload.append(script)
+        for entry in entries {
+            if let script = entry.script, !connection.isLoaded(script), !preload.contains(script) { preload.append(script) }
         }
-        let loadCommands = preload.map { [Array("SCRIPT".utf8), Array("LOAD".utf8), Array($0.source.utf8)] }
-        let wire = loadCommands + entries.map { entry -> [[UInt8]] in
-            switch entry {
-            case let .command(arguments): return arguments
-            case let .evaluate(_, arguments): return arguments
-            }
+        let loadCommands = preload.map {
+            RedisConnection.WireCommand.arguments([Array("SCRIPT".utf8), Array("LOAD".utf8), Array($0.source.utf8)])
         }
-        let allReplies = try connection.pipeline(wire)
+        let allReplies = try connection.pipeline(wire: loadCommands + entries.map(\.wire))
         var loadErrors: [String: RedisReply] = [:]
         for (script, reply) in zip(preload, allReplies) {
             do {
@@ -69,7 +92,7 @@ public struct RedisPipeline {
         // Slots whose script is missing: substitute the load error, or collect for one retry.
         var retrySlots: [Int] = []
         for (index, entry) in entries.enumerated() {
-            guard case let .evaluate(script, _) = entry, replies[index].errorCode == "NOSCRIPT" else { continue }
+            guard let script = entry.script, replies[index].errorCode == "NOSCRIPT" else { continue }
             if let loadError = loadErrors[script.sha] {
                 replies[index] = loadError
             } else {
@@ -80,9 +103,9 @@ public struct RedisPipeline {
 
         var reloaded: Set<String> = []
         var failedLoads: [String: RedisReply] = [:]
-        var rerun: [(slot: Int, arguments: [[UInt8]])] = []
+        var rerun: [(slot: Int, wire: RedisConnection.WireCommand)] = []
         for slot in retrySlots {
-            guard case let .evaluate(script, arguments) = entries[slot] else { continue }
+            guard let script = entries[slot].script else { continue }
             if let failure = failedLoads[script.sha] {
                 replies[slot] = failure
                 continue
@@ -98,9 +121,9 @@ public struct RedisPipeline {
                 }
                 reloaded.insert(script.sha)
             }
-            rerun.append((slot, arguments))
+            rerun.append((slot, entries[slot].wire))
         }
-        let rerunReplies = try connection.pipeline(rerun.map(\.arguments))
+        let rerunReplies = try connection.pipeline(wire: rerun.map(\.wire))
         for (entry, reply) in zip(rerun, rerunReplies) { replies[entry.slot] = reply }
         return replies
     }

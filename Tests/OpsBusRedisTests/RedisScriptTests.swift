@@ -89,4 +89,55 @@ import OpsBusLocalServers
         #expect(replies[1] == .status("PONG"))
         #expect(try redis.makePipeline().execute().isEmpty)
     }
+
+    @Test func encodedArgumentsAreRESPBulkStrings() {
+        var arguments = RedisArguments()
+        arguments.append("SET")
+        arguments.append("")
+        arguments.append([0x00, 0xFF] as [UInt8])
+        arguments.append(0)
+        arguments.append(-42)
+        arguments.append(Int.min)
+        arguments.append("héllo")
+        let expected = Array("$3\r\nSET\r\n$0\r\n\r\n$2\r\n".utf8) + [0x00, 0xFF]
+            + Array("\r\n$1\r\n0\r\n$3\r\n-42\r\n$20\r\n-9223372036854775808\r\n$6\r\nhéllo\r\n".utf8)
+        #expect(arguments.count == 7)
+        #expect(arguments.encoded == expected)
+        #expect(RedisArguments.arrayHeader(12) == Array("*12\r\n".utf8))
+        var joined = RedisArguments(["a"])
+        joined.append(contentsOf: RedisArguments(["bc", "1234567890"]))
+        #expect(joined.count == 3)
+        #expect(joined.encoded == Array("$1\r\na\r\n$2\r\nbc\r\n$10\r\n1234567890\r\n".utf8))
+    }
+
+    @Test func encodedScriptCallsRunInOrderAndReloadOnNoscript() throws {
+        let server = try startRedis()
+        defer { server.stop() }
+        let redis = try connect(server)
+        let echo = RedisScript(name: "echo_all", source: "return {#KEYS, KEYS[1], ARGV[1], ARGV[2], ARGV[3], #ARGV}")
+        var keys = RedisArguments()
+        keys.append([0x00, 0x6B] as [UInt8])
+        var arguments = RedisArguments()
+        arguments.append("")
+        arguments.append(String(repeating: "x", count: 70_000))
+        arguments.append(-7)
+        for n in 0..<2_000 { arguments.append(n) }
+        var pipeline = redis.makePipeline()
+        pipeline.append(["SET", "a", "10"])
+        pipeline.appendEvaluate(Self.incrementBy, keys: RedisArguments(["a"]), arguments: RedisArguments(["5"]))
+        pipeline.appendEvaluate(echo, keys: keys, arguments: arguments)
+        let expected: RedisReply = .array([.integer(1), .bulk([0x00, 0x6B]), .bulk([]),
+                                           .bulk(Array(String(repeating: "x", count: 70_000).utf8)),
+                                           .bulk(bytes("-7")), .integer(2_003)])
+        #expect(try pipeline.execute() == [.status("OK"), .integer(15), expected])
+
+        // After a flush both encoded calls answer NOSCRIPT, are reloaded and run once more, each exactly once.
+        try redis.command(["SCRIPT", "FLUSH"])
+        var again = redis.makePipeline()
+        again.appendEvaluate(Self.incrementBy, keys: RedisArguments(["a"]), arguments: RedisArguments(["1"]))
+        again.append(["INCR", "c"])
+        again.appendEvaluate(echo, keys: keys, arguments: arguments)
+        #expect(try again.execute() == [.integer(16), .integer(1), expected])
+        #expect(try redis.command(["GET", "a"]) == .bulk(bytes("16")))
+    }
 }
