@@ -80,14 +80,15 @@ final class HiredisContext {
         return .success(())
     }
 
-    /// Buffers bytes already in the wire format (`RedisArguments`); hiredis copies them to its output buffer as they
-    /// are, so a command may be handed over in several parts.
-    func appendEncoded(_ parts: [[UInt8]]) -> Result<Void, HiredisFailure> {
-        for part in parts where !part.isEmpty {
-            let status = part.withUnsafeBufferPointer { bytes in
-                bytes.withMemoryRebound(to: CChar.self) { redisAppendFormattedCommand(context, $0.baseAddress, $0.count) }
-            }
-            guard status == REDIS_OK else { return .failure(lastFailure()) }
+    /// Buffers a command already in the wire format (`RedisArguments`); hiredis copies each part to its output
+    /// buffer as it is, so a command may be handed over in several parts.
+    func appendEncoded(header: [UInt8], bodies: [RedisArguments]) -> Result<Void, HiredisFailure> {
+        func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
+            bytes.isEmpty || redisAppendFormattedCommand(
+                context, bytes.baseAddress!.assumingMemoryBound(to: CChar.self), bytes.count) == REDIS_OK
+        }
+        guard header.withUnsafeBytes(append), bodies.allSatisfy({ $0.withEncoded(append) }) else {
+            return .failure(lastFailure())
         }
         return .success(())
     }

@@ -209,8 +209,8 @@ public final class RedisConnection {
     /// already in the wire format.
     enum WireCommand {
         case arguments([[UInt8]])
-        /// `EVALSHA` encoded in parts; never a command `checkSupported` refuses or `observe` tracks.
-        case encoded([[UInt8]])
+        /// `EVALSHA` in the wire format, in parts; never a command `checkSupported` refuses or `observe` tracks.
+        case encoded(header: [UInt8], bodies: [RedisArguments])
     }
 
     func pipeline(wire commands: [WireCommand]) throws(RedisError) -> [RedisReply] {
@@ -221,7 +221,7 @@ public final class RedisConnection {
         for command in commands {
             let appended = switch command {
             case let .arguments(arguments): context.append(arguments)
-            case let .encoded(parts): context.appendEncoded(parts)
+            case let .encoded(header, bodies): context.appendEncoded(header: header, bodies: bodies)
             }
             if case let .failure(failure) = appended {
                 throw markBroken(failure, commandMayHaveRun: false)  // only buffered so far

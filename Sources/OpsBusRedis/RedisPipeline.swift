@@ -10,20 +10,21 @@ public struct RedisPipeline {
     enum Entry {
         case command([[UInt8]])
         case evaluate(RedisScript, [[UInt8]])
-        /// A script call built with `RedisArguments`: its wire bytes in parts (header, keys, arguments).
-        case evaluateEncoded(RedisScript, [[UInt8]])
+        /// A script call built with `RedisArguments`: its header (`*n`, `EVALSHA`, SHA, key count) in the wire
+        /// format, then its keys and its arguments.
+        case evaluateEncoded(RedisScript, header: [UInt8], keys: RedisArguments, arguments: RedisArguments)
 
         var script: RedisScript? {
             switch self {
             case .command: nil
-            case let .evaluate(script, _), let .evaluateEncoded(script, _): script
+            case let .evaluate(script, _), let .evaluateEncoded(script, _, _, _): script
             }
         }
 
         var wire: RedisConnection.WireCommand {
             switch self {
             case let .command(arguments), let .evaluate(_, arguments): .arguments(arguments)
-            case let .evaluateEncoded(_, parts): .encoded(parts)
+            case let .evaluateEncoded(_, header, keys, arguments): .encoded(header: header, bodies: [keys, arguments])
             }
         }
     }
@@ -62,7 +63,7 @@ public struct RedisPipeline {
         head.append(script.sha)
         head.append(keys.count)
         let header = RedisArguments.arrayHeader(head.count + keys.count + arguments.count) + head.encoded
-        entries.append(.evaluateEncoded(script, [header, keys.encoded, arguments.encoded]))
+        entries.append(.evaluateEncoded(script, header: header, keys: keys, arguments: arguments))
     }
 
     /// Runs the pipeline. Throws only for connection failures (I/O, timeout: some slots may have run) and for

@@ -108,6 +108,17 @@ import OpsBusLocalServers
         joined.append(contentsOf: RedisArguments(["bc", "1234567890"]))
         #expect(joined.count == 3)
         #expect(joined.encoded == Array("$1\r\na\r\n$2\r\nbc\r\n$10\r\n1234567890\r\n".utf8))
+
+        // A value: a copy keeps what it had when the original grows (past its first buffer, too).
+        let snapshot = joined
+        for n in 0..<1_000 { joined.append(n) }
+        #expect(snapshot.count == 3)
+        #expect(snapshot.encoded == Array("$1\r\na\r\n$2\r\nbc\r\n$10\r\n1234567890\r\n".utf8))
+        #expect(joined.count == 1_003)
+        #expect(joined.encoded.suffix(9) == Array("$3\r\n999\r\n".utf8))
+        var copy = snapshot
+        copy.append("z")
+        #expect(snapshot.count == 3 && copy.count == 4)
     }
 
     @Test func encodedScriptCallsRunInOrderAndReloadOnNoscript() throws {
