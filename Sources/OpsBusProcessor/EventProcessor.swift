@@ -141,11 +141,21 @@ public final class EventProcessor: Sendable {
     /// read-ahead thread does this for every message). Only a partition key: a payload that fools it (the text
     /// inside another string) only changes which writer applies it.
     static func sessionID(in payload: [UInt8]) -> Range<Int>? {
-        let key = Array(#""session_id""#.utf8)
+        let key = Self.sessionIDKey
         guard payload.count > key.count else { return nil }
         var index = 0
         while index + key.count <= payload.count {
-            guard payload[index] == key[0], payload[index..<index + key.count].elementsEqual(key) else {
+            // From quote to quote with memchr: a byte-by-byte scan in Swift cost 2 % of the processor's
+            // instructions per event.
+            let found = payload.withUnsafeBytes { bytes -> Int? in
+                guard let quote = memchr(bytes.baseAddress! + index, Int32(key[0]), bytes.count - index) else {
+                    return nil
+                }
+                return UnsafeRawPointer(quote) - bytes.baseAddress!
+            }
+            guard let found else { return nil }
+            index = found
+            guard index + key.count <= payload.count, payload[index..<index + key.count].elementsEqual(key) else {
                 index += 1
                 continue
             }
@@ -162,6 +172,8 @@ public final class EventProcessor: Sendable {
         }
         return nil
     }
+
+    private static let sessionIDKey = Array(#""session_id""#.utf8)
 
     /// Counters since start (received, applied, duplicates, dead letters …).
     public var counters: ProcessorCounters { counterState.value }

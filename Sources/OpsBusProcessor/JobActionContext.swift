@@ -6,26 +6,28 @@ import OpsBusCore
 /// The retry decision is made here, not in Lua, because it uses the shared rules (`FailureAnalysis`,
 /// `RetryPolicy`) and randomness (jitter); the script only applies it if this event really is the attempt's failure.
 enum JobActionContext {
-    static func make(_ envelope: EventEnvelope, configuration: ProcessorConfiguration,
-                     now: EventTimestamp = .now(), random: Double? = nil) -> JSONValue {
+    /// The context as the JSON text the script decodes (written directly: built per event, it was 6 % of the
+    /// processor's instructions as a `JSONObject`). `ts`: the event's timestamp in ISO 8601, already formatted.
+    static func make(_ envelope: EventEnvelope, configuration: ProcessorConfiguration, ts: String? = nil,
+                     now: EventTimestamp = .now(), random: Double? = nil) -> String {
         let fields = envelope.fields
-        var context: JSONObject = [
-            "prefix": .string(configuration.keys.prefix),
-            "automation": .bool(configuration.automation),
-            "model_tracking": .bool(configuration.modelUsageTracking),
-            "notifications": .bool(configuration.userNotifications),
-            "ts_ms": .int(envelope.timestamp.millisecondsSinceEpoch),
-            "hour": .string(String(envelope.timestamp.iso8601.prefix(13))),  // 2026-11-29T01, the pattern bucket
-        ]
+        var context = JSONObjectWriter()
+        context.add("prefix", .string(configuration.keys.prefix))
+        context.add("automation", .bool(configuration.automation))
+        context.add("model_tracking", .bool(configuration.modelUsageTracking))
+        context.add("notifications", .bool(configuration.userNotifications))
+        context.add("ts_ms", .int(envelope.timestamp.millisecondsSinceEpoch))
+        // 2026-11-29T01, the pattern bucket
+        context.add("hour", .string(String((ts ?? envelope.timestamp.iso8601).prefix(13))))
         func copy(_ field: String, as name: String? = nil) {
-            if let value = fields[field], value != .null { context[name ?? field] = value }
+            if let value = fields[field], value != .null { context.add(name ?? field, value) }
         }
-        if let serviceType = envelope.serviceType { context["service_type"] = .string(serviceType) }
-        if let session = workerSession(envelope) { context["session_id"] = .string(session) }
+        if let serviceType = envelope.serviceType { context.add("service_type", .string(serviceType)) }
+        if let session = workerSession(envelope) { context.add("session_id", .string(session)) }
         switch envelope.eventType {
         case .jobStarted:
             if let allocation = fields["resource_allocation"], case .object = allocation {
-                context["resource_allocation"] = .string(allocation.serialized())
+                context.add("resource_allocation", .string(allocation.serialized()))
             }
         case .jobCompleted:
             for field in ["processing_time", "cost_estimate", "resource_efficiency", "model", "model_cache_hit",
@@ -38,15 +40,15 @@ enum JobActionContext {
             let decision = retryDecision(envelope, policy: configuration.retryPolicy, now: now,
                                          random: random ?? Double.random(in: 0..<1))
             if let due = decision.due {
-                context["retry_due_ms"] = .int(due.millisecondsSinceEpoch)
-                context["retry_due_at"] = .string(due.iso8601)
-                context["next_attempt"] = .int(Int64((envelope.attempt ?? 1) + 1))
+                context.add("retry_due_ms", .int(due.millisecondsSinceEpoch))
+                context.add("retry_due_at", .string(due.iso8601))
+                context.add("next_attempt", .int(Int64((envelope.attempt ?? 1) + 1)))
             }
-            context["retry_reason"] = .string(decision.reason)
+            context.add("retry_reason", .string(decision.reason))
         default:
             break
         }
-        return .object(context)
+        return context.text()
     }
 
     /// The session of the worker process that sent the event: the worker's own events say which of its processes

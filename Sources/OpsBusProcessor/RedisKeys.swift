@@ -5,7 +5,19 @@ public struct RedisKeys: Sendable {
     /// Prepended to every key, for several opsbus deployments on one Redis.
     public let prefix: String
 
-    public init(prefix: String = "") { self.prefix = prefix }
+    public init(prefix: String = "") {
+        self.prefix = prefix
+        stats = "\(prefix)opsbus:stats"
+        gapsPending = "\(prefix)opsbus:gaps:pending"
+        gapsReported = "\(prefix)opsbus:gaps:reported"
+        publishers = "\(prefix)publishers"
+        jobStatusSets = JobEventScript.statuses.map { "\(prefix)jobs:status:\($0)" }
+    }
+
+    /// The keys every event's script call names are built once here, not per event (issue 6: string building was
+    /// a tenth of the processor's plan).
+    /// `jobsByStatus` of each of `JobEventScript.statuses`, in that order.
+    public let jobStatusSets: [String]
 
     /// Hash with the job's state (`status`, `attempt`, `progress`, `worker_id`, timestamps, metrics, errors).
     public func job(_ id: String) -> String { "\(prefix)job:{\(id)}" }
@@ -28,7 +40,7 @@ public struct RedisKeys: Sendable {
     /// Sorted set of ids of one kind (`queues`, `services`, `models`), scored by last update time.
     public func entityIndex(_ kind: String) -> String { "\(prefix)\(kind)s" }
     /// Hash of counters: events received, applied, duplicates, dead-lettered, per type and reason.
-    public var stats: String { "\(prefix)opsbus:stats" }
+    public let stats: String
     /// Hash of counters for one UTC minute (`minute` is minutes since the epoch): `events`, `type:<event_type>`,
     /// `outcome:<outcome>`; expires after `minuteStatsRetention` seconds. Events per minute come from here.
     public func statsMinute(_ minute: Int64) -> String { "\(prefix)opsbus:stats:minute:\(minute)" }
@@ -63,12 +75,12 @@ public struct RedisKeys: Sendable {
     /// Sorted set of a session's open gaps, `<first>|<last>|<opened ms>|<reported 0/1>` scored by `first`.
     public func sequenceGaps(_ sessionID: String) -> String { "\(prefix)seq:{\(sessionID)}:gaps" }
     /// Sorted set of open gaps not yet reported, `<session_id>|<first>` scored by the time they opened (ms).
-    public var gapsPending: String { "\(prefix)opsbus:gaps:pending" }
+    public let gapsPending: String
     /// Sorted set of gaps reported as expired and still open, `<session_id>|<first>` scored by opening time (ms).
-    public var gapsReported: String { "\(prefix)opsbus:gaps:reported" }
+    public let gapsReported: String
     /// Hash of one publisher owner's sequence counters (`gaps_opened`, `gaps_closed`, `gaps_expired`,
     /// `gaps_abandoned`, `declared_drops`, `sessions`, `last_session`, `last_seq`, `updated_ms`).
     public func publisher(_ owner: String) -> String { "\(prefix)publisher:{\(owner)}" }
     /// Sorted set of publisher owners, scored by their newest sequenced event (ms).
-    public var publishers: String { "\(prefix)publishers" }
+    public let publishers: String
 }

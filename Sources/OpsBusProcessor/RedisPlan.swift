@@ -65,28 +65,29 @@ struct RedisPlan {
         self.keys = keys
         let ttl = String(configuration.dedupWindowSeconds)
         let fields = envelope.fields
-        sequence = Self.sequenceTracking(envelope, configuration: configuration)
         let now = EventTimestamp.now()
+        sequence = Self.sequenceTracking(envelope, configuration: configuration, now: now)
         self.now = now
+        let ts = envelope.timestamp.iso8601
         let statsKeys = [keys.stats, keys.statsMinute(now.millisecondsSinceEpoch / 60_000)]
 
         if let lifecycle = Self.lifecycleEvent(envelope.eventType), let jobID = envelope.jobID?.rawValue {
             let worker = envelope.workerID?.rawValue ?? fields["worker_assigned"]?.stringValue ?? ""
             var jobKeys = [keys.job(jobID), keys.jobTimeline(jobID), keys.jobSeen(jobID)]
-            jobKeys += JobEventScript.statuses.map(keys.jobsByStatus)
+            jobKeys += keys.jobStatusSets
             jobKeys.append(worker.isEmpty ? keys.job(jobID) : keys.jobsByWorker(worker))
             jobKeys += statsKeys
             var arguments = [
                 envelope.eventID, lifecycle, String(envelope.attempt ?? 1),
                 fields["progress_percentage"]?.doubleValue.map { String($0) } ?? "",
-                envelope.timestamp.iso8601, String(decoding: payload, as: UTF8.self),
+                ts, String(decoding: payload, as: UTF8.self),
                 String(configuration.timelineLimit), jobID, ttl, worker,
-                JobActionContext.make(envelope, configuration: configuration).serialized(),
+                JobActionContext.make(envelope, configuration: configuration, ts: ts, now: now),
                 keys.prefix, configuration.automation ? "1" : "", String(envelope.timestamp.millisecondsSinceEpoch),
                 JobActionContext.workerSession(envelope) ?? "", envelope.eventType.rawValue, now.iso8601, "",
             ]
             assert(arguments.count + 1 == JobEventScript.firstFieldArgument)
-            arguments += Self.jobFields(envelope, worker: worker)
+            arguments += Self.jobFields(envelope, worker: worker, ts: ts)
             action = .jobEvent(keys: jobKeys, arguments: arguments)
             return
         }
@@ -204,8 +205,8 @@ struct RedisPlan {
     }
 
     /// The sequence script's call for a sequenced event, nil for `seq` 0 (best effort, outside any sequence).
-    static func sequenceTracking(_ envelope: EventEnvelope, configuration: ProcessorConfiguration)
-        -> (keys: [String], arguments: [String])?
+    static func sequenceTracking(_ envelope: EventEnvelope, configuration: ProcessorConfiguration,
+                                 now: EventTimestamp = .now()) -> (keys: [String], arguments: [String])?
     {
         guard envelope.seq >= 1 else { return nil }
         let keys = configuration.keys
@@ -216,7 +217,7 @@ struct RedisPlan {
                    keys.publishers, keys.gapsPending, keys.gapsReported],
             arguments: [
                 session, owner, String(envelope.seq), envelope.prevSeq.map { String($0) } ?? "",
-                String(EventTimestamp.now().millisecondsSinceEpoch),
+                String(now.millisecondsSinceEpoch),
                 EventID.timestamp(of: session).map { String($0.millisecondsSinceEpoch) } ?? "",
                 String(configuration.dedupWindowSeconds), String(configuration.maxOpenGapsPerSession),
             ])
@@ -236,7 +237,7 @@ struct RedisPlan {
     }
 
     /// Field/value pairs a job event writes into the job hash.
-    private static func jobFields(_ envelope: EventEnvelope, worker: String) -> [String] {
+    private static func jobFields(_ envelope: EventEnvelope, worker: String, ts: String) -> [String] {
         var pairs: [String] = []
         func add(_ name: String, _ value: String?) {
             if let value, !value.isEmpty { pairs += [name, value] }
@@ -244,7 +245,6 @@ struct RedisPlan {
         func copy(_ field: String, as name: String? = nil) {
             add(name ?? field, envelope.fields[field].map(redisString))
         }
-        let ts = envelope.timestamp.iso8601
         add("machine_id", envelope.machineID?.rawValue)
         add("service_type", envelope.serviceType)
         switch envelope.eventType {

@@ -83,4 +83,18 @@ struct SplitMix64: RandomNumberGenerator {
             }
         }
     }
+
+    @Test func objectWriterWritesWhatTheSerializerWrites() throws {
+        let members: [(String, JSONValue)] = [
+            ("prefix", .string("")), ("flag", .bool(true)), ("n", .int(-12)), ("x", .double(0.25)),
+            ("quote \" and \\", .string("line\nbreak \u{1} é 🚀")), ("nested", .object(["a": .array([.null, .int(1)])])),
+        ]
+        var writer = JSONObjectWriter(reservingCapacity: 8)
+        for (key, value) in members { writer.add(key, value) }
+        let text = writer.text()
+        #expect(text == JSONValue.object(JSONObject(pairs: members)).serialized())
+        #expect(try JSONValue.parse(text) == .object(JSONObject(pairs: members)))
+        #expect(writer.text() == text, "text() leaves the writer as it was")
+        #expect(JSONObjectWriter().text() == "{}")
+    }
 }

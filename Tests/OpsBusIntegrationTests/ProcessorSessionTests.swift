@@ -550,4 +550,22 @@ struct ProcessorSessionTests {
         await two.stop()
         await single.stop()
     }
+
+    /// The read-ahead thread's partition key, found without parsing: the first `"session_id": "…"` string.
+    @Test("the session id is found in a payload's bytes, past look-alikes, and nothing when there is none")
+    func sessionIDFoundWithoutParsing() {
+        func find(_ text: String) -> String? {
+            let bytes = Array(text.utf8)
+            return EventProcessor.sessionID(in: bytes).map { String(decoding: bytes[$0], as: UTF8.self) }
+        }
+        #expect(find(#"{"event_id":"e1","session_id":"s-42","seq":1}"#) == "s-42")
+        #expect(find(#"{"a":""session_id","b":"x","session_id" :  "s-7"}"#) == "s-7", "a quote inside a value first")
+        #expect(find(#"{"session_idx":"no","session_id":"s-9"}"#) == "s-9")
+        #expect(find(#"{"note":"session_id","session_id":"s-1"}"#) == "s-1", "the key's text as a value")
+        #expect(find(#"{"session_id":""}"#) == nil, "empty")
+        #expect(find(#"{"session_id":7}"#) == nil, "not a string")
+        #expect(find(#"{"event_id":"e1","seq":1}"#) == nil)
+        #expect(find(#"{"session_id":"unterminated"#) == nil)
+        #expect(find(#""session_id""#) == nil, "too short to hold a value")
+    }
 }

@@ -27,6 +27,33 @@ extension JSONObject {
     public func serializedBytes() -> [UInt8] { JSONValue.object(self).serializedBytes() }
 }
 
+/// Writes one JSON object member by member, straight into its text: for objects built only to be sent, where a
+/// `JSONObject` (members, lookups) and then its serialisation cost several times the writing (issue 6). Members
+/// are written in the order added; adding a key twice writes it twice, so callers add each key once.
+public struct JSONObjectWriter {
+    private var bytes: [UInt8]
+
+    public init(reservingCapacity capacity: Int = 256) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+        bytes.append(UInt8(ascii: "{"))
+    }
+
+    public mutating func add(_ key: String, _ value: JSONValue) {
+        if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
+        JSONWriter.writeString(key, into: &bytes)
+        bytes.append(UInt8(ascii: ":"))
+        JSONWriter.write(value, into: &bytes)
+    }
+
+    /// The object's text, `{…}`.
+    public func text() -> String {
+        var bytes = bytes
+        bytes.append(UInt8(ascii: "}"))
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
 /// The serialiser. Namespaced helpers so the envelope encoder can write keys and values straight into one buffer.
 public enum JSONWriter {
     public static func write(_ value: JSONValue, into output: inout [UInt8]) {
