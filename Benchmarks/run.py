@@ -460,8 +460,11 @@ class Bench:
         names = {"opsbus-processor": ("", "one event at a time"),
                  "opsbus-processor-batch1": (" batch1", "--journal --batch-writers 1"),
                  "opsbus-processor-batch": (" batch", "--journal (batches, 2 writers)")}
-        for kind, instances in (("opsbus-processor", 1), ("opsbus-processor-batch1", 1), ("opsbus-processor-batch", 1),
-                                ("opsbus-processor-batch", 2), ("opsbus-processor-batch", 4)):
+        variants = {"single": ("opsbus-processor", 1), "batch1": ("opsbus-processor-batch1", 1),
+                    "batch": ("opsbus-processor-batch", 1), "x2": ("opsbus-processor-batch", 2),
+                    "x4": ("opsbus-processor-batch", 4)}
+        chosen = self.args.processor_variants.split(",") if self.args.processor_variants else list(variants)
+        for kind, instances in (variants[name] for name in variants if name in chosen):
             label = f"processor x{instances}" + names[kind][0]
             run_load, run_events = (half, half_events) if kind == "opsbus-processor" else (load, events)
             o = self.repeat("o", lambda run: self.delivery_run(label, run, kind, run_load, run_events,
@@ -696,6 +699,10 @@ def main():
     parser.add_argument("--only", default="", help="comma-separated scenarios: micro,redis,publisher,bridge,"
                                                     "processor,latency,sizes,cost,soak")
     parser.add_argument("--no-micro", action="store_true", help="skip the ordo-one micro benchmarks")
+    parser.add_argument("--processor-variants", default="",
+                        help="comma-separated processor runs (default all): single (one event at a time), batch1 "
+                             "(--journal, 1 writer), batch (--journal, 2 writers), x2, x4 (instances); e.g. `batch` "
+                             "for a quick A/B of two builds")
     parser.add_argument("--profile", action="store_true",
                         help="run each opsbus process under `perf record -e cpu-clock -g` and print a summary per "
                              "profile (Benchmarks/perf_summary.py); the sampling slows the profiled process a little")
