@@ -61,32 +61,20 @@ enum JobEventScript {
     }
 
     /// Defined once per script call, before `body`: the seen sets whose TTL this call has already checked (a batch
-    /// holds many events of one job; the check is a `TTL` command), and the status tables (built once, not per event).
+    /// holds many events of one job; the check is a `TTL` command), the status tables, and the helpers with the
+    /// event state they read (built once, not per event; `body` sets the state first).
     static let shared = #"""
 local seen_checked = {}
 local status_index = {received = 1, processing = 2, completed = 3, failed = 4, retry_scheduled = 5, dead_lettered = 6}
 local rank = {received = 0, processing = 1, completed = 2, failed = 2, retry_scheduled = 3, dead_lettered = 3}
 local implied = {received = 'received', started = 'processing', progress = 'processing', completed = 'completed',
                  failed = 'failed', retry_scheduled = 'retry_scheduled', dead_lettered = 'dead_lettered'}
-"""#
-
-    /// The Lua of one event, the body of a function of `KEYS` and `ARGV` that returns the event's reply (the caller
-    /// counts it, `count`): run once by `script`, once per event by `BatchApplyScript`. The state logic is this
-    /// function's own code, not a closure inside it: a closure captures every local it uses, and Redis's Lua
-    /// allocates each captured local (3 % of Redis's instructions per event, `Benchmarks/redis_replay.py`).
-    static let body = #"""
-local job, timeline, seen = KEYS[1], KEYS[2], KEYS[3]
-local event_id, event, attempt = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local progress_arg, ts, entry = ARGV[4], ARGV[5], ARGV[6]
-local timeline_limit, job_id, seen_ttl, worker_id = tonumber(ARGV[7]), ARGV[8], tonumber(ARGV[9]), ARGV[10]
-local p, automation, ts_ms = ARGV[12], ARGV[13] == '1', tonumber(ARGV[14])
-local session_id = ARGV[15]
-if session_id == '' then session_id = nil end
+-- The event being applied, set at the start of `body`, and the helpers that read it: defined once per script call,
+-- not per event (a closure per helper per event cost Redis about 5 % of its instructions per event,
+-- `Benchmarks/redis_replay.py`). `job_keys`, `job_args`: the event's KEYS and ARGV.
+local job, p, ts, ts_ms, ctx, job_id, event_id, attempt, pending, names, have, status, indexed, job_keys, job_args
 local first_field = 19
-local ctx = nil
-
 -- Writes to the job hash, collected and sent as one HSET by flush() (before anything reads the hash again).
-local pending = {}
 local function put(field, value)
   pending[#pending + 1] = field
   pending[#pending + 1] = value
@@ -130,10 +118,6 @@ local function release_resources(worker)
     end
   end
 end
--- The event's field names; the first HMGET reads their stored values too (`have`), for fill_missing.
-local names = {}
-for i = first_field, #ARGV, 2 do names[#names + 1] = ARGV[i] end
-local have = {}
 -- Fills the event's fields that the hash does not have yet (HSETNX semantics). It uses the values the first HMGET
 -- read: nothing writes these fields in between (only a newer attempt deletes fields, and it never fills).
 local function fill_missing()
@@ -141,19 +125,64 @@ local function fill_missing()
   for k = 1, #names do
     if not have[k] and not filled[names[k]] then
       filled[names[k]] = true
-      put(names[k], ARGV[first_field + 2 * (k - 1) + 1])
+      put(names[k], job_args[first_field + 2 * (k - 1) + 1])
     end
   end
 end
 
+local function conflicts(a, b)
+  if rank[a] < 2 or rank[b] < 2 or a == b then return false end
+  if (a == 'completed') ~= (b == 'completed') then return true end
+  return rank[a] == 3 and rank[b] == 3
+end
+
+-- Moves the job from the set of its indexed status to the new one (two commands, not one per status).
+local function set_status(name)
+  put('status', name)
+  if indexed ~= name then
+    if indexed and status_index[indexed] then redis.call('SREM', job_keys[3 + status_index[indexed]], job_id) end
+    redis.call('SADD', job_keys[3 + status_index[name]], job_id)
+    indexed = name
+  end
+  status = name
+end
+
+"""#
+
+    /// The Lua of one event, the body of a function of `KEYS` and `ARGV` that returns the event's reply (the caller
+    /// counts it, `count`): run once by `script`, once per event by `BatchApplyScript`. The state logic is this
+    /// function's own code, not a closure inside it: a closure captures every local it uses, and Redis's Lua
+    /// allocates each captured local (3 % of Redis's instructions per event, `Benchmarks/redis_replay.py`).
+    static let body = #"""
+job_keys, job_args = KEYS, ARGV
+job = KEYS[1]
+local timeline, seen = KEYS[2], KEYS[3]
+event_id, attempt = ARGV[1], tonumber(ARGV[3])
+local event = ARGV[2]
+local progress_arg, entry = ARGV[4], ARGV[6]
+ts = ARGV[5]
+local timeline_limit, seen_ttl, worker_id = tonumber(ARGV[7]), tonumber(ARGV[9]), ARGV[10]
+job_id = ARGV[8]
+p, ts_ms = ARGV[12], tonumber(ARGV[14])
+local automation = ARGV[13] == '1'
+local session_id = ARGV[15]
+if session_id == '' then session_id = nil end
+ctx = nil
+pending = {}
+-- The event's field names; the first HMGET reads their stored values too (`have`), for fill_missing.
+names = {}
+for i = first_field, #ARGV, 2 do names[#names + 1] = ARGV[i] end
+have = {}
+
 local stored = redis.call('HMGET', job, 'status', 'attempt', 'progress', 'worker_id', 'worker_session_ms',
                           'worker_session', unpack(names))
 for k = 1, #names do have[k] = stored[6 + k] end
-local status, stored_attempt, progress = stored[1], tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
+status = stored[1]
+local stored_attempt, progress = tonumber(stored[2]) or 0, tonumber(stored[3]) or 0
 local stored_worker = stored[4]
 if not status then status = nil end
 -- The status set the job is in: a newer attempt clears `status` below, not the job's membership.
-local indexed = status
+indexed = status
 if not stored_worker then stored_worker = nil end
 local ws_ms, ws_session = tonumber(stored[5]) or -1, stored[6] or ''
 
@@ -206,7 +235,8 @@ end
 -- not matter): after a worker restart, the jobs whose newest word came from the old process fail over.
 if session_id then
   if ts_ms > ws_ms or (ts_ms == ws_ms and session_id > ws_session) then
-    put('worker_session', session_id); put('worker_session_ms', string.format('%d', ts_ms))
+    -- ARGV[14] is ts_ms as the processor wrote it (decimal digits): formatting the number again cost more.
+    put('worker_session', session_id); put('worker_session_ms', ARGV[14])
   end
 end
 
@@ -221,12 +251,6 @@ if progress_arg ~= '' then
 end
 if target == 'completed' then new_progress = 100 end
 
-local function conflicts(a, b)
-  if rank[a] < 2 or rank[b] < 2 or a == b then return false end
-  if (a == 'completed') ~= (b == 'completed') then return true end
-  return rank[a] == 3 and rank[b] == 3
-end
-
 local outcome = 'filled'
 if status == nil then
   outcome = 'applied'
@@ -237,17 +261,6 @@ elseif conflicts(status, target) then
   return {'ignored', status, previous or '', 'conflicting outcome'}
 elseif rank[target] > rank[status] then
   outcome = 'applied'
-end
-
--- Moves the job from the set of its indexed status to the new one (two commands, not one per status).
-local function set_status(name)
-  put('status', name)
-  if indexed ~= name then
-    if indexed and status_index[indexed] then redis.call('SREM', KEYS[3 + status_index[indexed]], job_id) end
-    redis.call('SADD', KEYS[3 + status_index[name]], job_id)
-    indexed = name
-  end
-  status = name
 end
 
 if outcome == 'applied' then
