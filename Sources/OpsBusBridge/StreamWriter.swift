@@ -166,7 +166,7 @@ final class StreamWriter: JournalBatchSink, @unchecked Sendable {
             var end = start + 1
             while end < plans.count, end - start < BridgeScripts.recordsPerBatchCall, plans[end].session == nil { end += 1 }
             let (keys, arguments) = BridgeScripts.batchArguments(plans[start..<end], statsKey: configuration.statsKey)
-            pipeline.appendEvaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments)
+            pipeline.appendEvaluate(BridgeScripts.appendBatch, keys: RedisArguments(keys), arguments: arguments)
             calls.append(start..<end)
             start = end
         }

@@ -22,6 +22,11 @@ public struct RedisArguments: Sendable {
         for argument in arguments { append(argument) }
     }
 
+    public init(_ arguments: [[UInt8]]) {
+        self.init(reservingCapacity: arguments.reduce(0) { $0 + $1.count + 16 })
+        for argument in arguments { append(argument) }
+    }
+
     /// `$<length>\r\n<bytes>\r\n` per argument, in order (a copy; `withEncoded` lends them without one).
     public var encoded: [UInt8] { withEncoded { Array($0) } }
 

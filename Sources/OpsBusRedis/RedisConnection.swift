@@ -270,6 +270,18 @@ public final class RedisConnection {
         return reply
     }
 
+    /// `evaluate` with keys and arguments already encoded (`RedisArguments`).
+    @discardableResult
+    public func evaluate(_ script: RedisScript, keys: RedisArguments, arguments: RedisArguments) throws(RedisError) -> RedisReply {
+        var pipeline = makePipeline()
+        pipeline.appendEvaluate(script, keys: keys, arguments: arguments)
+        let reply = try pipeline.execute()[0]
+        if case let .error(message) = reply {
+            throw .server(message: RedisError.sanitizeServerMessage(message), command: "EVALSHA \(script.name)")
+        }
+        return reply
+    }
+
     /// `SCRIPT LOAD`s `script` and checks that Redis names it with the SHA we computed.
     public func load(_ script: RedisScript) throws(RedisError) {
         let reply = try send([Array("SCRIPT".utf8), Array("LOAD".utf8), Array(script.source.utf8)])

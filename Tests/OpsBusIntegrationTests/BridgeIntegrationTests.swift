@@ -255,7 +255,7 @@ struct BridgeIntegrationTests {
             "opsbus:stats", "good", "bridge:dedup:good", "bad-stream", "bridge:dedup:bad-stream", "bad-dedup",
             "bridge:dedup:bad-dedup", "other", "bridge:dedup:other", "dead", "bridge:dedup:dead",
         ], "each stream once, in order of first use")
-        let replies = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments).array)
+        let replies = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: RedisArguments(keys), arguments: arguments).array)
             .map(BridgeScripts.recordReply)
         try #require(replies.count == writes.count, "\(replies)")
         #expect(replies[0].string?.contains("-") == true, "an entry id: \(replies[0])")
@@ -271,7 +271,7 @@ struct BridgeIntegrationTests {
         #expect(stats == ["bridge_entries": "3", "bridge_dead_lettered": "1", "bridge_duplicates": "1"], "\(stats)")
         // The same call again (a retried batch): every record written with a dedup id is now a duplicate, the one
         // without an id is written again, the refused ones are refused again.
-        let again = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: keys, arguments: arguments).array)
+        let again = try #require(try redis.evaluate(BridgeScripts.appendBatch, keys: RedisArguments(keys), arguments: arguments).array)
             .map(BridgeScripts.recordReply)
         #expect(again.enumerated().filter { $0.element == .null }.map(\.offset) == [0, 2, 5, 6])
         #expect(again[1].errorCode == "WRONGTYPE" && again[3].errorCode == "WRONGTYPE")

@@ -150,5 +150,17 @@ import OpsBusLocalServers
         again.appendEvaluate(echo, keys: keys, arguments: arguments)
         #expect(try again.execute() == [.integer(16), .integer(1), expected])
         #expect(try redis.command(["GET", "a"]) == .bulk(bytes("16")))
+
+        // One encoded call on its own: loaded when missing, and a script error thrown with the script's name.
+        try redis.command(["SCRIPT", "FLUSH"])
+        #expect(try redis.evaluate(Self.incrementBy, keys: RedisArguments(["a"]), arguments: RedisArguments(["2"])) == .integer(18))
+        #expect(throws: RedisError.self) {
+            try redis.evaluate(Self.incrementBy, keys: RedisArguments(["a"]), arguments: RedisArguments(["x"]))
+        }
+        do {
+            try redis.evaluate(Self.incrementBy, keys: RedisArguments(["a"]), arguments: RedisArguments(["x"]))
+        } catch {
+            #expect("\(error)".contains("increment_by"), "\(error)")
+        }
     }
 }
