@@ -11,14 +11,24 @@ C publisher at QoS 1, and when every event is in Redis dumps the counts and prin
 - the functions with the most instructions, inclusive and self (`callgrind_annotate`), so a change to the Swift
   code can be weighed before the noisy timed benchmark.
 
-Under valgrind the service runs ~50 times slower than the broker feeds it, so its batches are full (128 events)
-and its per-event figure is a little lower than in a timed run, where batches are smaller. Compare versions with
+`--service publisher` runs the benchmark's in-process publisher (`opsbus-bench publish`, QoS 1, 64 tasks) under
+callgrind from connect to drained instead.
+
+Callgrind counts user-space instructions only: the system calls (socket reads and writes, the journal's writes,
+futex wake-ups) are not in the figure, and they are a large part of a timed run's CPU. Under valgrind the service
+runs many times slower than the broker feeds it, so its batches differ from a timed run's. Compare versions with
 this tool, not this tool with `scripts/bench`.
 
-    .bench/venv/bin/python Benchmarks/service_callgrind.py [--service processor|bridge] [--events 22000]
+valgrind 3.19 (Debian 12) crashes on the shared Swift runtime of Swift 6.3 once a program starts its async main,
+and cannot read the DWARF 5 of its binaries: the script builds opsbus with the Swift runtime linked in
+(`--static-swift-stdlib`, in `Benchmarks/.build-static`, a few minutes the first time) and runs a copy without
+debug information (the symbols stay).
+
+    .bench/venv/bin/python Benchmarks/service_callgrind.py [--service processor|bridge|publisher] [--events 22000]
                                                             [--bin .bench/bin] [--top 40]
 
-`scripts/bench` builds `.bench/bin` (release mode, with symbols); the callgrind output goes to `.bench/callgrind/`.
+`scripts/bench` builds `.bench/bin` (the C publisher, `opsbus-bench gen`); the callgrind output goes to
+`.bench/callgrind/`.
 """
 import argparse
 import os
@@ -48,21 +58,24 @@ def wait_for(predicate, seconds, what, process):
     raise SystemExit(f"timed out waiting for {what}")
 
 
-def static_build():
-    """opsbus built in release mode with the Swift runtime linked in: valgrind 3.19 crashes on the shared
+def static_build(product="opsbus"):
+    """opsbus (or opsbus-bench) built in release mode with the Swift runtime linked in: valgrind 3.19 crashes on the shared
     libdispatch of Swift 6.3 as soon as a program starts its async main, and runs the static one."""
     package = os.path.join(ROOT, "Benchmarks")
-    argv = ["swift", "build", "-c", "release", "--product", "opsbus", "--static-swift-stdlib",
+    argv = ["swift", "build", "-c", "release", "--product", product, "--static-swift-stdlib",
             "--scratch-path", os.path.join(package, ".build-static")]
     subprocess.run(argv, cwd=package, check=True, stdout=subprocess.DEVNULL)
     path = subprocess.run(argv + ["--show-bin-path"], cwd=package, check=True, capture_output=True,
                           text=True).stdout.strip()
-    return os.path.join(path, "opsbus")
+    return os.path.join(path, product)
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--service", choices=("processor", "bridge"), default="processor")
+    parser.add_argument("--service", choices=("processor", "bridge", "publisher"), default="processor",
+                        help="processor or bridge (--journal), or publisher: the benchmark's in-process publisher "
+                             "(`opsbus-bench publish`, QoS 1, 64 tasks, --spool as given)")
+    parser.add_argument("--spool", default="none", help="publisher: none, never or always (default none)")
     parser.add_argument("--events", type=int, default=22000, help="events to publish (default 22000)")
     parser.add_argument("--bin", default=os.path.join(ROOT, ".bench", "bin"), help="opsbus, opsbus-bench, mqtt_pub")
     parser.add_argument("--top", type=int, default=40, help="functions to list (default 40)")
@@ -74,6 +87,8 @@ def main():
     if not shutil.which("valgrind"):
         raise SystemExit("needs valgrind (Debian: apt-get install valgrind)")
     os.makedirs(args.out, exist_ok=True)
+    if args.service == "publisher":
+        return publisher(args)
     binary = args.opsbus or static_build()
     work = tempfile.mkdtemp(prefix=f"{args.service}-", dir=args.out)
     redis, redis_port = redis_server(work)
@@ -136,6 +151,38 @@ def main():
                 proc.kill()
                 proc.wait()
         shutil.rmtree(work, ignore_errors=True)
+    report(args, path, events, elapsed)
+
+
+def publisher(args):
+    """The benchmark's publisher scenario under callgrind, from connect to drained (QoS 1, 64 tasks)."""
+    binary = static_build("opsbus-bench")
+    work = tempfile.mkdtemp(prefix="publisher-", dir=args.out)
+    mqtt_port = free_port()
+    conf = os.path.join(work, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {work}/\nmax_queued_messages 0\nset_tcp_nodelay true\n"
+                + ("user root\n" if os.getuid() == 0 else ""))
+    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(mqtt_port)
+    stripped = os.path.join(work, "opsbus-bench")
+    subprocess.run(["objcopy", "--strip-debug", binary, stripped], check=True)
+    dump = os.path.join(args.out, f"callgrind.publisher.out")
+    started = time.time()
+    try:
+        subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={dump}", "--", stripped, "publish",
+                        "--mqtt-url", f"mqtt://127.0.0.1:{mqtt_port}", "--events", str(args.events), "--qos", "1",
+                        "--spool", args.spool, "--dir", os.path.join(work, "spool"), "--concurrency", "64"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "valgrind.log"), "w"))
+    finally:
+        broker.terminate()
+        broker.wait()
+        shutil.rmtree(work, ignore_errors=True)
+    report(args, dump, args.events, time.time() - started)
+
+
+def report(args, path, events, elapsed):
     instructions = next(int(line.split()[1]) for line in open(path) if line.startswith("summary:"))
     print(f"{args.service}: {events} events in {elapsed:.0f} s under callgrind: "
           f"{instructions / events / 1000:.1f} k instructions per event (dump: {path})")
