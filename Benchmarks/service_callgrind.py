@@ -62,6 +62,10 @@ def static_build(product="opsbus"):
     """opsbus (or opsbus-bench) built in release mode with the Swift runtime linked in: valgrind 3.19 crashes on the shared
     libdispatch of Swift 6.3 as soon as a program starts its async main, and runs the static one."""
     package = os.path.join(ROOT, "Benchmarks")
+    # The static Foundation links libcurl (FoundationNetworking); Debian's -dev package has the static link's files.
+    if subprocess.run(["dpkg-query", "-W", "-f=${Status}", "libcurl4-openssl-dev"], capture_output=True,
+                      text=True).stdout.find("install ok installed") < 0:
+        raise SystemExit("the static build needs libcurl4-openssl-dev (apt-get install libcurl4-openssl-dev)")
     argv = ["swift", "build", "-c", "release", "--product", product, "--static-swift-stdlib",
             "--scratch-path", os.path.join(package, ".build-static")]
     subprocess.run(argv, cwd=package, check=True, stdout=subprocess.DEVNULL)
