@@ -145,8 +145,8 @@ public final class EventProcessor: Sendable {
         guard payload.count > key.count else { return nil }
         var index = 0
         while index + key.count <= payload.count {
-            // From quote to quote with memchr: a byte-by-byte scan in Swift cost 2 % of the processor's
-            // instructions per event.
+            // From quote to quote with memchr: a byte-by-byte scan in Swift cost 1.5 % of the
+            // processor's instructions per event.
             let found = payload.withUnsafeBytes { bytes -> Int? in
                 guard let quote = memchr(bytes.baseAddress! + index, Int32(key[0]), bytes.count - index) else {
                     return nil

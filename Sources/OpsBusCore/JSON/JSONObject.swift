@@ -25,7 +25,7 @@ public struct JSONObject: Sendable, Hashable, Sequence {
 
     /// Objects larger than this get a hash index so hostile inputs with many keys stay linear. An event envelope
     /// has 15–25 members: at 12, every event paid for a dictionary and a hash per key on parse and per lookup,
-    /// about 8 % of the processor's instructions per event; a scan of up to 32 short keys costs less
+    /// about 3 % of the processor's instructions per event; a scan of up to 32 short keys costs less
     /// (`Benchmarks/service_callgrind.py`), and the worst case stays bounded at 32 × 32 comparisons.
     @usableFromInline static let indexThreshold = 32
 
