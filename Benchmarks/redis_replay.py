@@ -75,18 +75,25 @@ def redis_server(directory, aof="yes", prefix=()):
     return proc, port
 
 
+def mosquitto_server(directory, extra=""):
+    """A mosquitto configured like the benchmark's (persistence, no queue limit, TCP_NODELAY) on a free port, with
+    `extra` configuration lines; returns (process, port)."""
+    port = free_port()
+    conf = os.path.join(directory, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
+                f"persistence_location {directory}/\nmax_queued_messages 0\nset_tcp_nodelay true\n" + extra
+                + ("user root\n" if os.getuid() == 0 else ""))
+    proc = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
 def capture(args):
     os.makedirs(args.out, exist_ok=True)
     work = tempfile.mkdtemp(prefix="capture-", dir=args.out)
     redis, redis_port = redis_server(work)
-    mqtt_port = free_port()
-    conf = os.path.join(work, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                f"persistence_location {work}/\nmax_queued_messages 0\nset_tcp_nodelay true\n"
-                + ("user root\n" if os.getuid() == 0 else ""))
-    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(mqtt_port)
+    broker, mqtt_port = mosquitto_server(work)
     monitor = subprocess.Popen(["redis-cli", "-p", str(redis_port), "monitor"],
                                stdout=open(os.path.join(args.out, "monitor.txt"), "w"))
     time.sleep(0.3)

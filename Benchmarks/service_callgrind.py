@@ -40,7 +40,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "Benchmarks"))
-from redis_replay import free_port, redis_server, wait_port  # noqa: E402
+from redis_replay import mosquitto_server, redis_server  # noqa: E402
 
 
 def redis_cli(port, *argv):
@@ -96,16 +96,9 @@ def main():
     binary = args.opsbus or static_build()
     work = tempfile.mkdtemp(prefix=f"{args.service}-", dir=args.out)
     redis, redis_port = redis_server(work)
-    mqtt_port = free_port()
     broker_log = os.path.join(work, "mosquitto.log")
-    conf = os.path.join(work, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                f"persistence_location {work}/\nmax_queued_messages 0\nmax_queued_bytes 536870912\n"
-                f"set_tcp_nodelay true\nlog_dest file {broker_log}\nlog_type subscribe\n"
-                + ("user root\n" if os.getuid() == 0 else ""))
-    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(mqtt_port)
+    broker, mqtt_port = mosquitto_server(work, f"max_queued_bytes 536870912\nlog_dest file {broker_log}\n"
+                                               "log_type subscribe\n")
     kind = "lifecycle" if args.service == "processor" else "bridge"
     load = os.path.join(work, f"{kind}.load")
     subprocess.run([os.path.join(args.bin, "opsbus-bench"), "gen", "--kind", kind, "--events", str(args.events),
@@ -162,14 +155,7 @@ def publisher(args):
     """The benchmark's publisher scenario under callgrind, from connect to drained (QoS 1, 64 tasks)."""
     binary = static_build("opsbus-bench")
     work = tempfile.mkdtemp(prefix="publisher-", dir=args.out)
-    mqtt_port = free_port()
-    conf = os.path.join(work, "mosquitto.conf")
-    with open(conf, "w") as f:
-        f.write(f"listener {mqtt_port} 127.0.0.1\nallow_anonymous true\npersistence true\n"
-                f"persistence_location {work}/\nmax_queued_messages 0\nset_tcp_nodelay true\n"
-                + ("user root\n" if os.getuid() == 0 else ""))
-    broker = subprocess.Popen(["mosquitto", "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(mqtt_port)
+    broker, mqtt_port = mosquitto_server(work)
     stripped = os.path.join(work, "opsbus-bench")
     subprocess.run(["objcopy", "--strip-debug", binary, stripped], check=True)
     dump = os.path.join(args.out, f"callgrind.publisher.out")
