@@ -46,7 +46,8 @@ final class EventApplier {
     }
 
     /// Validates a message and decides its Redis work. `originalBytes`: its size when `payload` is only its start.
-    private func makePlan(topic: String, payload: [UInt8], originalBytes: Int? = nil) -> (RedisPlan, EventEnvelope?) {
+    private func makePlan(topic: String, payload: [UInt8], originalBytes: Int? = nil,
+                          clock: RedisPlan.Clock? = nil) -> (RedisPlan, EventEnvelope?) {
         let validation = (originalBytes ?? payload.count) > configuration.maxPayloadBytes
             ? .failure(RejectionReason(
                 "oversize: \(originalBytes ?? payload.count) bytes > limit \(configuration.maxPayloadBytes)"))
@@ -54,7 +55,7 @@ final class EventApplier {
         switch validation {
         case .success(let (valid, subject)):
             return (RedisPlan(envelope: valid, subject: subject, topic: topic, payload: payload,
-                              configuration: configuration), valid)
+                              configuration: configuration, clock: clock), valid)
         case .failure(let reason):
             return (RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
                               sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) },
@@ -82,9 +83,11 @@ final class EventApplier {
     /// lost, timeout, a transient error of the whole call): the caller retries the same batch, passing `retried`,
     /// and the scripts' dedup and the stats rule (`EventStatsScript`) make that harmless.
     func applyBatch(_ messages: [BatchMessage], retried: Bool) throws(RedisError) {
+        let clock = RedisPlan.Clock(keys: keys)
         let planned = messages.map { message in
             makePlan(topic: message.topic, payload: message.payload,
-                     originalBytes: message.originalBytes > message.payload.count ? message.originalBytes : nil)
+                     originalBytes: message.originalBytes > message.payload.count ? message.originalBytes : nil,
+                     clock: clock)
         }
         let connection: RedisConnection
         do {

@@ -19,7 +19,9 @@ import OpsBusRedis
 /// KEYS: the calls' keys, concatenated.
 /// ARGV: 1 number of calls, then per call: kind (`j` job, `e` entity, `s` sequence), its number of keys, its number
 ///       of arguments, its arguments.
-/// Returns: one `{1, result}` or `{0, error message}` per call, in order.
+/// Returns: one `{1, result}` or `{0, error message}` per call, in order; a job call's result is its outcome alone
+/// (the rest of `JobEventScript`'s reply serves single calls; every reply value costs Redis and the processor a
+/// conversion).
 enum BatchApplyScript {
     static let script = RedisScript(name: "opsbus_apply_batch", source: #"""
 local counts = {}
@@ -76,6 +78,7 @@ for i = 1, tonumber(ARGV[1]) do
   if ok then
     if fn == job_event then
       \#(JobEventScript.count(keys: "keys", arguments: "args"))
+      result = result[1]
     elseif fn == entity_event then
       \#(EntityEventScript.count(keys: "keys", arguments: "args"))
     end
