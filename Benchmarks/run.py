@@ -163,6 +163,12 @@ class Servers:
         return f"redis://127.0.0.1:{self.redis_port}"
 
 
+# The processor runs of the processor scenario, by the name `--processor-variants` takes: (consumer kind, instances).
+PROCESSOR_VARIANTS = {"single": ("opsbus-processor", 1), "batch1": ("opsbus-processor-batch1", 1),
+                      "batch": ("opsbus-processor-batch", 1), "x2": ("opsbus-processor-batch", 2),
+                      "x4": ("opsbus-processor-batch", 4)}
+
+
 class Bench:
     def __init__(self, args):
         self.args = args
@@ -460,11 +466,8 @@ class Bench:
         names = {"opsbus-processor": ("", "one event at a time"),
                  "opsbus-processor-batch1": (" batch1", "--journal --batch-writers 1"),
                  "opsbus-processor-batch": (" batch", "--journal (batches, 2 writers)")}
-        variants = {"single": ("opsbus-processor", 1), "batch1": ("opsbus-processor-batch1", 1),
-                    "batch": ("opsbus-processor-batch", 1), "x2": ("opsbus-processor-batch", 2),
-                    "x4": ("opsbus-processor-batch", 4)}
-        chosen = self.args.processor_variants.split(",") if self.args.processor_variants else list(variants)
-        for kind, instances in (variants[name] for name in variants if name in chosen):
+        chosen = self.args.processor_variants.split(",") if self.args.processor_variants else list(PROCESSOR_VARIANTS)
+        for kind, instances in (PROCESSOR_VARIANTS[name] for name in PROCESSOR_VARIANTS if name in chosen):
             label = f"processor x{instances}" + names[kind][0]
             run_load, run_events = (half, half_events) if kind == "opsbus-processor" else (load, events)
             o = self.repeat("o", lambda run: self.delivery_run(label, run, kind, run_load, run_events,
@@ -709,6 +712,10 @@ def main():
     parser.add_argument("--million", action=argparse.BooleanOptionalAction, default=None,
                         help="the 10^6-event cost point (default: on, off with --quick)")
     args = parser.parse_args()
+    unknown = set(filter(None, args.processor_variants.split(","))) - set(PROCESSOR_VARIANTS)
+    if unknown:
+        parser.error(f"--processor-variants: unknown {', '.join(sorted(unknown))} "
+                     f"(known: {', '.join(PROCESSOR_VARIANTS)})")
     args.events = 10_000 if args.quick else 50_000
     args.processor_events = 5_500 if args.quick else 22_000
     args.latency_seconds = 4 if args.quick else 6
