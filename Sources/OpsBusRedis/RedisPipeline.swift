@@ -9,22 +9,21 @@
 public struct RedisPipeline {
     enum Entry {
         case command([[UInt8]])
-        case evaluate(RedisScript, [[UInt8]])
-        /// A script call built with `RedisArguments`: its header (`*n`, `EVALSHA`, SHA, key count) in the wire
+        /// A script call, encoded (`RedisArguments`): its header (`*n`, `EVALSHA`, SHA, key count) in the wire
         /// format, then its keys and its arguments.
-        case evaluateEncoded(RedisScript, header: [UInt8], keys: RedisArguments, arguments: RedisArguments)
+        case evaluate(RedisScript, header: [UInt8], keys: RedisArguments, arguments: RedisArguments)
 
         var script: RedisScript? {
             switch self {
             case .command: nil
-            case let .evaluate(script, _), let .evaluateEncoded(script, _, _, _): script
+            case let .evaluate(script, _, _, _): script
             }
         }
 
         var wire: RedisConnection.WireCommand {
             switch self {
-            case let .command(arguments), let .evaluate(_, arguments): .arguments(arguments)
-            case let .evaluateEncoded(_, header, keys, arguments): .encoded(header: header, bodies: [keys, arguments])
+            case let .command(arguments): .arguments(arguments)
+            case let .evaluate(_, header, keys, arguments): .encoded(header: header, bodies: [keys, arguments])
             }
         }
     }
@@ -48,22 +47,22 @@ public struct RedisPipeline {
     }
 
     public mutating func appendEvaluate(_ script: RedisScript, keys: [String], arguments: [String]) {
-        appendEvaluate(script, keys: keys.map { Array($0.utf8) }, arguments: arguments.map { Array($0.utf8) })
+        appendEvaluate(script, keys: RedisArguments(keys), arguments: RedisArguments(arguments))
     }
 
     public mutating func appendEvaluate(_ script: RedisScript, keys: [[UInt8]], arguments: [[UInt8]]) {
-        entries.append(.evaluate(script, RedisConnection.evalshaArguments(script, keys: keys, arguments: arguments)))
+        appendEvaluate(script, keys: RedisArguments(keys), arguments: RedisArguments(arguments))
     }
 
     /// A script call whose keys and arguments are already encoded: no per-argument arrays, no hiredis formatting
-    /// (the batching processor's calls hold thousands of arguments).
+    /// (the batching processor's calls hold thousands of arguments). Every script call of a pipeline goes this way.
     public mutating func appendEvaluate(_ script: RedisScript, keys: RedisArguments, arguments: RedisArguments) {
         var head = RedisArguments(reservingCapacity: 64)
         head.append("EVALSHA")
         head.append(script.sha)
         head.append(keys.count)
         let header = RedisArguments.arrayHeader(head.count + keys.count + arguments.count) + head.encoded
-        entries.append(.evaluateEncoded(script, header: header, keys: keys, arguments: arguments))
+        entries.append(.evaluate(script, header: header, keys: keys, arguments: arguments))
     }
 
     /// Runs the pipeline. Throws only for connection failures (I/O, timeout: some slots may have run) and for
