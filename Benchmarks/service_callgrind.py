@@ -79,7 +79,8 @@ def main():
     parser.add_argument("--service", choices=("processor", "bridge", "publisher"), default="processor",
                         help="processor or bridge (--journal), or publisher: the benchmark's in-process publisher "
                              "(`opsbus-bench publish`, QoS 1, 64 tasks, --spool as given)")
-    parser.add_argument("--spool", default="none", help="publisher: none, never or always (default none)")
+    parser.add_argument("--spool", choices=("none", "never", "always"), default="none",
+                        help="publisher: its spool durability, or none (default none)")
     parser.add_argument("--events", type=int, default=22000, help="events to publish (default 22000)")
     parser.add_argument("--bin", default=os.path.join(ROOT, ".bench", "bin"), help="opsbus, opsbus-bench, mqtt_pub")
     parser.add_argument("--top", type=int, default=40, help="functions to list (default 40)")
