@@ -293,7 +293,8 @@ final class MQTTClientCore: Sendable {
         if payload.count > MQTTValidation.maxPayload {
             throw .payloadTooLarge(topic: topic, size: payload.count, limit: MQTTValidation.maxPayload)
         }
-        let operation = "publish to '\(topic)'"
+        // Formatted only for an error, not per publish (about 800 instructions each, issue 6).
+        var operation: String { "publish to '\(topic)'" }
         if qos == .atMostOnce {
             let rc: Int32 = state.withLock { s in
                 if s.lifecycle == .stopped { return -100 }
@@ -388,7 +389,8 @@ final class MQTTClientCore: Sendable {
         if payload.count > MQTTValidation.maxPayload {
             throw .payloadTooLarge(topic: topic, size: payload.count, limit: MQTTValidation.maxPayload)
         }
-        let operation = "publish to '\(topic)'"
+        // Formatted only for an error, not per publish (about 800 instructions each, issue 6).
+        var operation: String { "publish to '\(topic)'" }
         let limit = configuration.maxOutstandingPublishes
         let rc: Int32 = state.withLock { s in
             if s.lifecycle == .stopped { return -100 }

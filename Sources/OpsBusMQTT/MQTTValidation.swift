@@ -20,6 +20,16 @@ enum MQTTValidation {
 
     /// A topic *name* (for PUBLISH and the will): non-empty, no wildcards, ≤ 65535 bytes, valid MQTT UTF-8.
     static func checkTopicName(_ topic: String) throws(MQTTError) {
+        // The common case in one pass: printable ASCII without wildcards is valid MQTT UTF-8 (no controls, no
+        // non-characters), so libmosquitto's UTF-8 check is not needed here (issue 6: every publish runs this).
+        let plain = topic.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+            guard !bytes.isEmpty, bytes.count <= 65535 else { return false }
+            for byte in bytes where byte < 0x20 || byte > 0x7E || byte == UInt8(ascii: "+") || byte == UInt8(ascii: "#") {
+                return false
+            }
+            return true
+        }
+        if plain == true { return }
         if topic.isEmpty { throw .invalidTopic(topic: topic, reason: "empty topic") }
         if topic.utf8.count > 65535 { throw .invalidTopic(topic: topic, reason: "longer than 65535 bytes") }
         // A byte scan: `String.contains` goes through Foundation's locale-aware search, ~1 µs per publish.

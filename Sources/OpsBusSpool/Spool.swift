@@ -351,11 +351,11 @@ final class SpoolCore: Sendable {
         if record.sessionID.isEmpty { return "empty session id" }
         if record.seq == 0 { return "seq must be at least 1" }
         if record.qos > 2 { return "qos \(record.qos) above 2" }
-        for (name, value) in [("session id", record.sessionID), ("topic", record.topic), ("coalesce key", record.coalesceKey ?? "")]
-        where value.utf8.count > LogRecord.maximumStringBytes {
-            return "\(name) longer than \(LogRecord.maximumStringBytes) bytes"
-        }
-        return nil
+        // One by one, not from an array of pairs: this runs under the publisher's ordering lock for every event.
+        func tooLong(_ value: String) -> Bool { value.utf8.count > LogRecord.maximumStringBytes }
+        let name = tooLong(record.sessionID) ? "session id" : tooLong(record.topic) ? "topic"
+            : tooLong(record.coalesceKey ?? "") ? "coalesce key" : nil
+        return name.map { "\($0) longer than \(LogRecord.maximumStringBytes) bytes" }
     }
 
     /// Runs a marker-writing operation; asks the sync thread for a compaction when one is advisable.

@@ -79,7 +79,13 @@ enum LogRecord: Sendable, Hashable {
 
     func encoded() -> [UInt8] {
         var writer = ByteWriter()
-        writer.bytes.reserveCapacity(Self.headerBytes + 64)
+        // An event record in one allocation (its payload appended to a 64-byte reserve grew the buffer twice).
+        if case let .event(record, _) = self {
+            writer.bytes.reserveCapacity(Self.headerBytes + 64 + record.payload.count + record.sessionID.utf8.count
+                                         + record.topic.utf8.count + (record.coalesceKey?.utf8.count ?? 0))
+        } else {
+            writer.bytes.reserveCapacity(Self.headerBytes + 64)
+        }
         writer.u8(Self.magic.0)
         writer.u8(Self.magic.1)
         writer.u32(0)  // CRC, below
@@ -283,9 +289,12 @@ struct ByteWriter {
 
     /// Callers validate lengths first (`Spool` rejects longer fields); this only guards the format.
     mutating func string(_ value: String) {
-        let utf8 = Array(value.utf8.prefix(LogRecord.maximumStringBytes))
-        append(UInt64(utf8.count), 2)
-        bytes += utf8
+        let count = min(value.utf8.count, LogRecord.maximumStringBytes)
+        append(UInt64(count), 2)
+        // Straight from the string's storage: `Array(value.utf8.prefix(_:))` copied byte by byte (issue 6).
+        if value.utf8.withContiguousStorageIfAvailable({ bytes += UnsafeBufferPointer(rebasing: $0.prefix(count)) }) == nil {
+            bytes += value.utf8.prefix(count)
+        }
     }
 
     private mutating func append(_ value: UInt64, _ count: Int) {
