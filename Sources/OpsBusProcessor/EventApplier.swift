@@ -58,7 +58,9 @@ final class EventApplier {
                               configuration: configuration, clock: clock), valid)
         case .failure(let reason):
             return (RedisPlan(deadLetter: reason, topic: topic, payload: payload, keys: keys,
-                              sequence: reason.envelope.flatMap { RedisPlan.sequenceTracking($0, configuration: configuration) },
+                              sequence: reason.envelope.flatMap {
+                                  RedisPlan.sequenceTracking($0, configuration: configuration, now: clock?.now ?? .now())
+                              },
                               originalBytes: originalBytes),
                     reason.envelope)
         }
@@ -110,11 +112,15 @@ final class EventApplier {
             }
         }
         if !calls.isEmpty {
-            // Encoded as they are appended: one buffer each, no array per argument (`RedisArguments`).
-            var keys = RedisArguments(reservingCapacity: calls.count * 12 * 40)
+            // Encoded as they are appended: one buffer each, no array per argument (`RedisArguments`). The batch's
+            // constants go first, once (`RedisPlan.batchConstants`).
+            let constants = RedisPlan.batchConstants(configuration: configuration, clock: clock, retried: retried)
+            var keys = RedisArguments(reservingCapacity: calls.count * 4 * 40 + 1024)
             var arguments = RedisArguments(reservingCapacity: planned.reduce(0) { $0 + $1.0.payload.count } * 2
-                                                               + calls.count * 40 * 16)
+                                                               + calls.count * 40 * 10 + 256)
+            for key in constants.keys { keys.append(key) }
             arguments.append(calls.count)
+            for argument in constants.arguments { arguments.append(argument) }
             for (_, call) in calls {
                 for key in call.keys { keys.append(key) }
                 arguments.append(call.kind)

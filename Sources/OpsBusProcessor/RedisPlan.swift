@@ -173,13 +173,42 @@ struct RedisPlan {
         let arguments: [String]
     }
 
-    /// The plan's event script as a batch call (nil for a dead letter, whose entry is a plain `XADD`).
+    /// What every job and sequence call of a batch shares, sent once per batch call ahead of the calls
+    /// (`BatchApplyScript`): the status sets, the stats and gap-index keys, limits and flags, the batch's clock and
+    /// whether it is a retry. Redis makes every argument an object and then a Lua string; sent per event, these were
+    /// 22 of a job event's 30 keys and fixed arguments (issue 6).
+    /// KEYS: 1–6 the status sets (`JobEventScript.statuses` order), 7 stats, 8 stats of the minute, 9 publishers
+    ///       (owners) index, 10 pending gaps, 11 reported gaps.
+    /// ARGV: 1 timeline limit, 2 seen-set TTL, 3 key prefix, 4 automation, 5 now (ISO 8601), 6 retried, 7 now (ms),
+    ///       8 open gaps kept per session.
+    static func batchConstants(configuration: ProcessorConfiguration, clock: Clock, retried: Bool)
+        -> (keys: [String], arguments: [String])
+    {
+        let keys = configuration.keys
+        return (keys: keys.jobStatusSets + [keys.stats, clock.statsMinuteKey, keys.publishers, keys.gapsPending,
+                                            keys.gapsReported],
+                arguments: [String(configuration.timelineLimit), String(configuration.dedupWindowSeconds), keys.prefix,
+                            configuration.automation ? "1" : "", clock.iso8601, retried ? "1" : "",
+                            String(clock.now.millisecondsSinceEpoch), String(configuration.maxOpenGapsPerSession)])
+    }
+
+    /// The positions (0-based) of a job call's keys and arguments that a batch sends per event, before the event's
+    /// fields; `BatchApplyScript` puts the constants back in the others. A test checks the two agree.
+    static let batchJobKeyPositions = [0, 1, 2, 9]
+    static let batchJobArgumentPositions = [0, 1, 2, 3, 4, 5, 7, 9, 10, 13, 14, 15]
+    /// The same for a sequence call (it has no fields).
+    static let batchSequenceKeyPositions = [0, 1, 3]
+    static let batchSequenceArgumentPositions = [0, 1, 2, 3, 5]
+
+    /// The plan's event script as a batch call (nil for a dead letter, whose entry is a plain `XADD`): a job call
+    /// without the batch's constants (`batchConstants`), an entity call whole.
     func eventCall(retried: Bool) -> BatchCall? {
         switch action {
         case let .jobEvent(keys, arguments):
-            var arguments = arguments
-            if retried { arguments[Self.jobRetriedArgument - 1] = "1" }
-            return BatchCall(kind: "j", keys: keys, arguments: arguments)
+            return BatchCall(
+                kind: "j", keys: Self.batchJobKeyPositions.map { keys[$0] },
+                arguments: Self.batchJobArgumentPositions.map { arguments[$0] }
+                    + arguments[(JobEventScript.firstFieldArgument - 1)...])
         case let .entityEvent(keys, arguments):
             var arguments = arguments
             if retried { arguments[Self.entityRetriedArgument - 1] = "1" }
@@ -189,9 +218,11 @@ struct RedisPlan {
         }
     }
 
-    /// The plan's gap tracking as a batch call.
+    /// The plan's gap tracking as a batch call, without the batch's constants.
     var sequenceCall: BatchCall? {
-        sequence.map { BatchCall(kind: "s", keys: $0.keys, arguments: $0.arguments) }
+        guard let sequence else { return nil }
+        return BatchCall(kind: "s", keys: Self.batchSequenceKeyPositions.map { sequence.keys[$0] },
+                         arguments: Self.batchSequenceArgumentPositions.map { sequence.arguments[$0] })
     }
 
     /// The dead-letter entry and its stats as plain commands (nil for an event plan).

@@ -305,24 +305,13 @@ struct ProcessorSessionTests {
             ("s1", "w1", 8, 6), ("s1", "w1", 10, nil), ("s1", "w1", 12, nil), ("s2", "w2", 2, nil),
             ("s1", "w1", 5, nil), ("s1", "w1", 9, nil),
         ]
+        // One time for all: a batch call has one clock (`RedisPlan.batchConstants`).
+        let now = start
         func call(_ index: Int) -> (keys: [String], arguments: [String]) {
             let (session, owner, seq, prev) = events[index]
-            let now = start + Int64(index)
             return (["seq:{\(session)}", "seq:{\(session)}:gaps", "stats", "publisher:{\(owner)}", "publishers",
                      "gaps:pending", "gaps:reported"],
                     [session, owner, String(seq), prev.map { String($0) } ?? "", String(now), String(start), "3600", "2"])
-        }
-        func snapshot() throws -> [String: String] {
-            var state: [String: String] = [:]
-            for key in try redis.command(["KEYS", "*"]).array?.compactMap(\.string) ?? [] {
-                let type = try redis.command(["TYPE", key]).string ?? ""
-                let contents = type == "hash" ? try redis.command(["HGETALL", key]).hashDictionary().sorted { $0.key < $1.key }
-                    .map { "\($0.key)=\($0.value)" } : try redis.command(["ZRANGE", key, "0", "-1", "WITHSCORES"])
-                    .array?.compactMap(\.string) ?? []
-                let ttl = try redis.command(["TTL", key]).int ?? -2
-                state[key] = "\(type) ttl \(ttl > 3500 ? "set" : String(ttl)) \(contents)"
-            }
-            return state
         }
         func reply(_ reply: RedisReply) -> String {
             (reply.array ?? []).map { $0.string ?? $0.int.map { String($0) } ?? "?" }.joined(separator: " ")
@@ -338,27 +327,32 @@ struct ProcessorSessionTests {
             "applied 1 0 0", "duplicate 0 0 0", "applied 1 0 1", "applied 1 0 0", "applied 1 0 0", "applied 0 1 0",
             "duplicate 0 0 0", "applied 0 1 0",
         ])
-        let each = try snapshot()
+        let each = try redisState(redis)
         #expect(try redis.command(["HGETALL", "stats"]).hashDictionary().filter { $0.key != "seq_tracking_since_ms" } == [
             "sessions": "2", "gaps_opened": "5", "gaps_closed": "3", "declared_drops": "1", "gaps_abandoned": "1",
         ])
         #expect(try redis.command(["ZRANGE", "seq:{s1}:gaps", "0", "-1"]).array?.compactMap(\.string)
-            == ["11|11|\(start + 10)|0"], "5-6 abandoned, 3 and 9 closed")
+            == ["11|11|\(now)|0"], "5-6 abandoned, 3 and 9 closed")
         #expect(try redis.command(["HMGET", "publisher:{w1}", "last_seq", "updated_ms"]).array?.compactMap(\.string)
-            == ["9", String(start + 13)])
+            == ["9", String(now)])
 
         try redis.command(["FLUSHDB"])
-        var keys: [String] = []
-        var arguments = [String(events.count)]
+        // The batch's constants (`RedisPlan.batchConstants`: status sets and job limits unused here), then the calls
+        // without them.
+        var keys = ["s1", "s2", "s3", "s4", "s5", "s6", "stats", "stats:minute", "publishers", "gaps:pending",
+                    "gaps:reported"]
+        var arguments = [String(events.count), "100", "3600", "", "", "", "", String(now), "2"]
         for index in events.indices {
             let one = call(index)
-            keys += one.keys
-            arguments += ["s", String(one.keys.count), String(one.arguments.count)] + one.arguments
+            let callKeys = RedisPlan.batchSequenceKeyPositions.map { one.keys[$0] }
+            let callArguments = RedisPlan.batchSequenceArgumentPositions.map { one.arguments[$0] }
+            keys += callKeys
+            arguments += ["s", String(callKeys.count), String(callArguments.count)] + callArguments
         }
         let batch = try #require(try redis.evaluate(BatchApplyScript.script, keys: keys, arguments: arguments).array)
         #expect(batch.map { $0.array?.first?.int } == Array(repeating: 1, count: events.count), "\(batch)")
         #expect(batch.map { reply($0.array?.last ?? .null) } == alone)
-        #expect(try snapshot() == each)
+        #expect(try redisState(redis) == each)
 
         // A key Redis refuses to write (the owner's record holds a string): the error is the reply of the last call
         // that wrote it; the other session's writes are made.

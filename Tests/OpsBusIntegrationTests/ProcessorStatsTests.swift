@@ -12,10 +12,11 @@ struct ProcessorStatsTests {
     let keys = RedisKeys()
     init() throws { servers = try TestServers() }
 
-    private func plan(_ prepared: EventFactory.Prepared, configuration: ProcessorConfiguration) throws -> RedisPlan {
+    private func plan(_ prepared: EventFactory.Prepared, configuration: ProcessorConfiguration,
+                      clock: RedisPlan.Clock? = nil) throws -> RedisPlan {
         let payload = prepared.envelope.encoded()
         return RedisPlan(envelope: prepared.envelope, subject: try prepared.envelope.topicSubject(),
-                         topic: prepared.topic, payload: payload, configuration: configuration)
+                         topic: prepared.topic, payload: payload, configuration: configuration, clock: clock)
     }
 
     private func stats(_ redis: RedisConnection) throws -> [String: String] {
@@ -96,10 +97,11 @@ struct ProcessorStatsTests {
         #expect(try stats(redis)["events_received"] == "5")
     }
 
-    @Test("a batch call counts its events like one call per event: the same stats and per-minute hashes")
+    @Test("a batch call leaves what one call per event leaves: the same stats, per-minute hashes and state")
     func batchCountsLikeSingleCalls() throws {
         let redis = try servers.redisConnection()
-        let configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        var configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        configuration.timelineLimit = 2  // job-b1's timeline is trimmed
         let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-b")))
         let jobs = try ["job-b1", "job-b2"].map { try Identifier(validating: $0) }
         let started = try factory.prepare(.jobStarted, fields: ["worker_assigned": "gpu-b"], options: .init(jobID: jobs[0]))
@@ -112,7 +114,9 @@ struct ProcessorStatsTests {
             try factory.prepare(.jobCompleted, fields: ["processing_time": 2.5], options: .init(jobID: jobs[0])),
             try factory.prepare(.jobCompleted, fields: ["processing_time": 1], options: .init(jobID: jobs[1])),
         ]
-        let plans = try prepared.map { try plan($0, configuration: configuration) }
+        // One clock, as `EventApplier.applyBatch` gives its plans: the batch sends it once, with its other constants.
+        let clock = RedisPlan.Clock(keys: keys)
+        let plans = try prepared.map { try plan($0, configuration: configuration, clock: clock) }
         let minutes = Set(plans.map { keys.statsMinute($0.now.millisecondsSinceEpoch / 60_000) })
         func counted() throws -> [String: [String: String]] {
             var hashes = [keys.stats: try stats(redis)]
@@ -124,12 +128,14 @@ struct ProcessorStatsTests {
         let alone = try plans.map { try $0.apply(on: redis).result }
         #expect(alone.filter { $0 == .duplicate }.count == 1, "\(alone)")
         let each = try counted()
+        let state = try redisState(redis)
         #expect(each[keys.stats]?["type:job.progress"] == "2" && each[keys.stats]?["outcome:duplicate"] == "1",
                 "\(each)")
 
         try redis.command(["FLUSHDB"])
-        var callKeys: [String] = []
-        var arguments: [String] = []
+        let constants = RedisPlan.batchConstants(configuration: configuration, clock: clock, retried: false)
+        var callKeys = constants.keys
+        var arguments = constants.arguments
         var calls = 0
         for plan in plans {
             for call in [plan.eventCall(retried: false), plan.sequenceCall].compactMap({ $0 }) {
@@ -142,5 +148,46 @@ struct ProcessorStatsTests {
                                                     arguments: [String(calls)] + arguments).array)
         #expect(batch.allSatisfy { $0.array?.first?.int == 1 }, "\(batch)")
         #expect(try counted() == each)
+        #expect(try redisState(redis) == state)
+        #expect(try redis.command(["LLEN", keys.jobTimeline("job-b1")]).int == 2)
+    }
+
+    @Test("a batch's constants are what its job and sequence calls leave out: each call's own KEYS and ARGV")
+    func batchConstantsFillTheCallsGaps() throws {
+        var configuration = ProcessorConfiguration(mqtt: servers.mqttEndpoint, redis: servers.redisEndpoint)
+        configuration.timelineLimit = 77
+        configuration.maxOpenGapsPerSession = 9
+        let factory = EventFactory(context: PublisherContext(workerID: try Identifier(validating: "gpu-c")))
+        let clock = RedisPlan.Clock(keys: keys)
+        let received = try factory.prepare(.jobReceived, fields: ["model_required": "sdxl"],
+                                           options: .init(jobID: try Identifier(validating: "job-c")))
+        let plan = try plan(received, configuration: configuration, clock: clock)
+        guard case let .jobEvent(jobKeys, jobArguments) = plan.action, let sequence = plan.sequence else {
+            Issue.record("expected a sequenced job event: \(plan.action)")
+            return
+        }
+        for retried in [false, true] {
+            let constants = RedisPlan.batchConstants(configuration: configuration, clock: clock, retried: retried)
+            let call = try #require(plan.eventCall(retried: retried))
+            // `BatchApplyScript`'s reassembly, 1-based there: keys 4–9 and 11–12, arguments 7, 9, 12, 13, 17 and 18.
+            var keys = call.keys
+            keys.insert(contentsOf: constants.keys[0..<6], at: 3)
+            keys += constants.keys[6..<8]
+            #expect(keys == jobKeys)
+            var arguments = Array(call.arguments.prefix(12))
+            for (position, constant) in [(6, 0), (8, 1), (11, 2), (12, 3), (16, 4), (17, 5)] {
+                arguments.insert(constants.arguments[constant], at: position)
+            }
+            var expected = jobArguments
+            if retried { expected[RedisPlan.jobRetriedArgument - 1] = "1" }
+            #expect(arguments + call.arguments.dropFirst(12) == expected)
+
+            let sequenceCall = try #require(plan.sequenceCall)
+            #expect([sequenceCall.keys[0], sequenceCall.keys[1], constants.keys[6], sequenceCall.keys[2],
+                     constants.keys[8], constants.keys[9], constants.keys[10]] == sequence.keys)
+            #expect([sequenceCall.arguments[0], sequenceCall.arguments[1], sequenceCall.arguments[2],
+                     sequenceCall.arguments[3], constants.arguments[6], sequenceCall.arguments[4],
+                     constants.arguments[1], constants.arguments[7]] == sequence.arguments)
+        }
     }
 }

@@ -16,9 +16,14 @@ import OpsBusRedis
 ///
 /// Order: the calls run in the order given, and the whole call is atomic, so per-job order is the journal's order.
 ///
-/// KEYS: the calls' keys, concatenated.
-/// ARGV: 1 number of calls, then per call: kind (`j` job, `e` entity, `s` sequence), its number of keys, its number
-///       of arguments, its arguments.
+/// What all job and sequence calls share (the status sets, the stats and gap-index keys, limits, flags, the batch's
+/// clock) comes once, first (`RedisPlan.batchConstants`); their calls carry only their own keys and arguments
+/// (`RedisPlan.batchJobKeyPositions` …), and the loop below puts the constants back in place, so each event's
+/// function gets the KEYS and ARGV of its single call.
+///
+/// KEYS: 1–11 the batch's constant keys, then the calls' keys, concatenated.
+/// ARGV: 1 number of calls, 2–9 the batch's constant arguments, then per call: kind (`j` job, `e` entity,
+///       `s` sequence), its number of keys, its number of arguments, its arguments.
 /// Returns: one `{1, result}` or `{0, error message}` per call, in order; a job call's result is its outcome alone
 /// (the rest of `JobEventScript`'s reply serves single calls; every reply value costs Redis and the processor a
 /// conversion).
@@ -63,15 +68,34 @@ end
 
 local calls = {j = job_event, e = entity_event, s = sequence_event}
 local results = {}
-local key_at, arg_at = 0, 2
-for i = 1, tonumber(ARGV[1]) do
-  local fn, key_count, arg_count = calls[ARGV[arg_at]], tonumber(ARGV[arg_at + 1]), tonumber(ARGV[arg_at + 2])
+local K, A = KEYS, ARGV
+-- The batch's constants (`RedisPlan.batchConstants`).
+local s1, s2, s3, s4, s5, s6 = K[1], K[2], K[3], K[4], K[5], K[6]
+local stats_key, minute_key, owners_key, pending_key, reported_key = K[7], K[8], K[9], K[10], K[11]
+local timeline_limit, seen_ttl, prefix, automation, now_iso, retried, now_ms, max_gaps =
+  A[2], A[3], A[4], A[5], A[6], A[7], A[8], A[9]
+local key_at, arg_at = 11, 10
+for i = 1, tonumber(A[1]) do
+  local fn, key_count, arg_count = calls[A[arg_at]], tonumber(A[arg_at + 1]), tonumber(A[arg_at + 2])
   arg_at = arg_at + 3
-  -- `unpack` into a table constructor: one allocation of the right size, copied in C (a Lua loop cost a tenth of
-  -- Redis's instructions per event, `Benchmarks/redis_replay.py`). A call has at most a few hundred arguments (`EventEnvelope.maximumEventFields`),
-  -- far below what `unpack` can return (8,000).
-  local keys = {unpack(KEYS, key_at + 1, key_at + key_count)}
-  local args = {unpack(ARGV, arg_at, arg_at + arg_count - 1)}
+  -- Each call's KEYS and ARGV as its single call has them: table constructors (one allocation of the right size;
+  -- a Lua loop cost a tenth of Redis's instructions per event, `Benchmarks/redis_replay.py`), with the constants
+  -- in their places (`JobEventScript`, `SequenceScript`). A call has at most a few hundred arguments
+  -- (`EventEnvelope.maximumEventFields`), far below what `unpack` can return (8,000).
+  local k, a = key_at, arg_at
+  local keys, args
+  if fn == job_event then
+    keys = {K[k + 1], K[k + 2], K[k + 3], s1, s2, s3, s4, s5, s6, K[k + 4], stats_key, minute_key}
+    args = {A[a], A[a + 1], A[a + 2], A[a + 3], A[a + 4], A[a + 5], timeline_limit, A[a + 6], seen_ttl, A[a + 7],
+            A[a + 8], prefix, automation, A[a + 9], A[a + 10], A[a + 11], now_iso, retried,
+            unpack(A, a + 12, a + arg_count - 1)}
+  elseif fn == sequence_event then
+    keys = {K[k + 1], K[k + 2], stats_key, K[k + 3], owners_key, pending_key, reported_key}
+    args = {A[a], A[a + 1], A[a + 2], A[a + 3], now_ms, A[a + 4], seen_ttl, max_gaps}
+  else
+    keys = {unpack(K, k + 1, k + key_count)}
+    args = {unpack(A, a, a + arg_count - 1)}
+  end
   key_at, arg_at = key_at + key_count, arg_at + arg_count
   seq_call = i
   local ok, result = pcall(fn, keys, args)

@@ -136,3 +136,25 @@ let testLogger: Logger = {
     logger.logLevel = .warning
     return logger
 }()
+
+/// Every key of the current database with its type, contents and TTL, for "these two ways of
+/// applying leave the same state" checks. Stream entries are compared by their fields (their ids are times).
+func redisState(_ redis: RedisConnection) throws -> [String: String] {
+    func strings(_ reply: RedisReply) -> [String] { reply.array?.compactMap(\.string) ?? [] }
+    var state: [String: String] = [:]
+    for key in strings(try redis.command(["KEYS", "*"])) {
+        let type = try redis.command(["TYPE", key]).string ?? ""
+        let contents: [String] = switch type {
+        case "hash": try redis.command(["HGETALL", key]).hashDictionary().sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+        case "zset": strings(try redis.command(["ZRANGE", key, "0", "-1", "WITHSCORES"]))
+        case "list": strings(try redis.command(["LRANGE", key, "0", "-1"]))
+        case "set": strings(try redis.command(["SMEMBERS", key])).sorted()
+        case "stream": (try redis.command(["XRANGE", key, "-", "+"]).array ?? []).map { "\(strings($0.array?.last ?? .null))" }
+        default: [try redis.command(["GET", key]).string ?? ""]
+        }
+        // The TTL's order of magnitude: two runs a few milliseconds apart agree on it.
+        let ttl = try redis.command(["TTL", key]).int ?? -1
+        state[key] = "\(type)\(ttl >= 0 ? " TTL ~1e\(String(ttl).count - 1) s" : "") \(contents)"
+    }
+    return state
+}
