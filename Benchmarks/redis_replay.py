@@ -159,7 +159,9 @@ def captured(directory):
     events, kinds = 0, {}
     for call in batch:
         arguments = call[3 + int(call[2]):]
-        at = 1
+        # Where the calls start: after the count, and since session 10 after the batch's constants too.
+        start = re.search(r"local key_at, arg_at = \d+, (\d+)", scripts[call[1].decode()])
+        at = int(start.group(1)) - 1 if start else 1
         for _ in range(int(arguments[0])):
             kind = arguments[at].decode()
             label = f"j:{arguments[at + 4].decode()}" if kind == "j" else kind

@@ -84,6 +84,24 @@ private func parseError(_ text: String, sourceLocation: SourceLocation = #_sourc
         #expect(value.serialized() == #"{"a":3,"b":2}"#)
     }
 
+    /// The parser's key filter (length and last byte) lets keys that share both through to the real comparison.
+    @Test func keysThatShareLengthAndLastByteAreDistinctAndDuplicatesStillFound() throws {
+        let value = try parse(#"{"ab":1,"cb":2,"xyzb":3,"cb":4,"ab":5,"qrsb":6}"#)
+        let object = try #require(value.objectValue)
+        #expect(object.keys == ["ab", "cb", "xyzb", "qrsb"])
+        #expect(object["ab"] == .int(5) && object["cb"] == .int(4))
+    }
+
+    /// A lookup from a hint wraps around and finds keys before it, and misses absent ones.
+    @Test func lookupFromAHintWrapsAround() throws {
+        let object = try #require(try parse(#"{"a":1,"bb":2,"c":3,"dd":4}"#).objectValue)
+        for hint in -1...5 {
+            #expect(object.position(of: "a", hint: hint) == 0)
+            #expect(object.position(of: "dd", hint: hint) == 3)
+            #expect(object.position(of: "zz", hint: hint) == nil)
+        }
+    }
+
     @Test func manyKeysUseIndexAndStayCorrect() throws {
         var text = "{"
         for number in 0..<200 { text += "\"k\(number)\":\(number)," }

@@ -264,8 +264,11 @@ public struct EventEnvelope: Sendable, Hashable {
         // every member against cost more than the reading).
         var taken: UInt64 = 0
         var takenBeyond64: Set<Int> = []
+        // Where the next key probably is: the envelope's keys are read mostly in the order `encoded()` writes them.
+        var hint = 0
         func take(_ key: String) -> JSONValue? {
-            guard let position = object.position(of: key) else { return nil }
+            guard let position = object.position(of: key, hint: hint) else { return nil }
+            hint = position + 1
             let value = object.members[position].value
             if position < 64 { taken |= 1 << UInt64(position) } else { takenBeyond64.insert(position) }
             // `null` counts as absent. (Spelled out: `cond ? nil : value` would type `nil` as JSONValue.null.)

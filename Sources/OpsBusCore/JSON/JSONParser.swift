@@ -167,6 +167,9 @@ struct JSONParser {
         try enterContainer()
         position += 1  // {
         var object = JSONObject()
+        // The keys so far as a 64-bit filter of (length, last byte): a key whose bit is clear is new, with no scan of
+        // the earlier keys (that duplicate check was 2.7 k instructions per event in the processor, issue 6).
+        var keyFilter: UInt64 = 0
         skipWhitespace()
         if position < bytes.count, bytes[position] == UInt8(ascii: "}") {
             position += 1
@@ -190,7 +193,11 @@ struct JSONParser {
             position += 1
             skipWhitespace()
             let value = try parseValue()
-            if object.contains(key: key) {
+            let bit: UInt64 = 1 << UInt64((key.utf8.count &* 7 &+ Int(key.utf8.last ?? 0)) & 63)
+            if keyFilter & bit == 0 {
+                keyFilter |= bit
+                object.appendUnchecked(key: key, value: value)
+            } else if object.contains(key: key) {
                 object[key] = value  // duplicate: last value wins, first position kept
             } else {
                 object.appendUnchecked(key: key, value: value)
