@@ -176,7 +176,7 @@ struct RedisPlan {
     /// What every job and sequence call of a batch shares, sent once per batch call ahead of the calls
     /// (`BatchApplyScript`): the status sets, the stats and gap-index keys, limits and flags, the batch's clock and
     /// whether it is a retry. Redis makes every argument an object and then a Lua string; sent per event, these were
-    /// 22 of a job event's 30 keys and fixed arguments (issue 6).
+    /// 14 of a job call's 30 keys and fixed arguments, and 7 of a sequence call's 15 (issue 6).
     /// KEYS: 1–6 the status sets (`JobEventScript.statuses` order), 7 stats, 8 stats of the minute, 9 publishers
     ///       (owners) index, 10 pending gaps, 11 reported gaps.
     /// ARGV: 1 timeline limit, 2 seen-set TTL, 3 key prefix, 4 automation, 5 now (ISO 8601), 6 retried, 7 now (ms),
