@@ -57,32 +57,22 @@ public struct JSONObject: Sendable, Hashable, Sequence {
     public var values: [JSONValue] { members.map(\.value) }
 
     @usableFromInline
-    func position(of key: String) -> Int? {
-        if let index { return index[key] }
-        // Lengths first (stored, so free for native strings): a `==` of two different strings is an out-of-line
-        // call, and a lookup compared its key with most members (issue 6: 270 comparisons, 7 k instructions, per
-        // event in the processor).
-        let length = key.utf8.count
-        for position in members.indices where members[position].key.utf8.count == length && members[position].key == key {
-            return position
-        }
-        return nil
-    }
+    func position(of key: String) -> Int? { position(of: key, hint: 0) }
 
     /// `position(of:)`, scanning from `hint` (wrapping around): a reader that takes the keys in the order they were
     /// written finds each at the hint (`EventEnvelope.decode` takes 18 keys per event).
     @usableFromInline
     func position(of key: String, hint: Int) -> Int? {
-        if index != nil || hint <= 0 || hint >= members.count { return position(of: key) }
+        if let index { return index[key] }
+        // Lengths first (stored, so free for native strings): a `==` of two different strings is an out-of-line
+        // call, and a lookup compared its key with most members (issue 6: 270 comparisons, 7 k instructions, per
+        // event in the processor).
         let length = key.utf8.count
-        for position in hint..<members.count
-        where members[position].key.utf8.count == length && members[position].key == key {
-            return position
+        func matches(_ position: Int) -> Bool {
+            members[position].key.utf8.count == length && members[position].key == key
         }
-        for position in 0..<hint where members[position].key.utf8.count == length && members[position].key == key {
-            return position
-        }
-        return nil
+        let start = hint > 0 && hint < members.count ? hint : 0
+        return (start..<members.count).first(where: matches) ?? (0..<start).first(where: matches)
     }
 
     /// Reads, adds (at the end), replaces (in place) or — when set to `nil` — removes a member.
