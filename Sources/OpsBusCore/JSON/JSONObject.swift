@@ -67,12 +67,15 @@ public struct JSONObject: Sendable, Hashable, Sequence {
         // Lengths first (stored, so free for native strings): a `==` of two different strings is an out-of-line
         // call, and a lookup compared its key with most members (issue 6: 270 comparisons, 7 k instructions, per
         // event in the processor).
+        // One plain loop (a `first(where:)` with a local predicate was not inlined: 2 k instructions per event).
         let length = key.utf8.count
-        func matches(_ position: Int) -> Bool {
-            members[position].key.utf8.count == length && members[position].key == key
+        let count = members.count
+        var position = hint > 0 && hint < count ? hint : 0
+        for _ in 0..<count {
+            if members[position].key.utf8.count == length && members[position].key == key { return position }
+            position = position + 1 == count ? 0 : position + 1
         }
-        let start = hint > 0 && hint < members.count ? hint : 0
-        return (start..<members.count).first(where: matches) ?? (0..<start).first(where: matches)
+        return nil
     }
 
     /// Reads, adds (at the end), replaces (in place) or — when set to `nil` — removes a member.
